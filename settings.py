@@ -1,0 +1,86 @@
+"""One settings model for every privnet process (worker, API, CLI), env prefix ``PRIVNET_``.
+
+Complex values (lists, dicts) are read from the environment as JSON, e.g.
+``PRIVNET_TASK_NAMESPACES='["tasks"]'`` and
+``PRIVNET_ENDPOINT_NETWORKS='{"us-east-1": {"vpc_id": "vpc-1", "subnet_ids": ["subnet-1"],
+"security_group_ids": ["sg-1"]}}'``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import lru_cache
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EndpointNetwork(BaseModel):
+    """Where our interface endpoints live in one region of the dedicated endpoints account."""
+
+    vpc_id: str
+    subnet_ids: list[str] = Field(
+        default_factory=list, description="Candidate subnets; empty = every subnet of the VPC"
+    )
+    security_group_ids: list[str] = Field(default_factory=list)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PRIVNET_", extra="ignore")
+
+    # Temporal
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    temporal_tls_cert: str | None = Field(None, description="Path to the client certificate (mTLS)")
+    temporal_tls_key: str | None = Field(None, description="Path to the client key (mTLS)")
+    temporal_api_key: str | None = Field(None, description="Temporal Cloud API key")
+    task_queue: str = "privnet"
+    temporal_ui_url: str = "http://localhost:8233"
+
+    # Store
+    database_url: str = "sqlite:///privnet.db"
+
+    # AWS: the dedicated endpoints account
+    aws_region: str = "us-east-1"
+    aws_role_arn: str | None = Field(
+        None, description="Role assumed in the endpoints account; unset = ambient credentials"
+    )
+    aws_endpoint_url: str | None = Field(None, description="Override (sandbox/moto) endpoint URL")
+    aws_principal_arn: str | None = Field(
+        None,
+        description="The principal customers must allow on their endpoint service; "
+        "default arn:aws:iam::<endpoints account>:root",
+    )
+    endpoint_networks: dict[str, EndpointNetwork] = Field(default_factory=dict)
+
+    # Kubernetes
+    kubeconfig: str | None = Field(None, description="Path to a kubeconfig; unset = in-cluster")
+    kube_context: str | None = None
+    kube_url: str | None = Field(None, description="API server URL without auth (sandbox only)")
+    task_namespaces: list[str] = Field(default_factory=lambda: ["tasks"])
+    org_label_key: str = "privnet.dev/org-id"
+
+    # Connections
+    default_org_limit: int = 2
+    acceptance_timeout_seconds: float = 7 * 24 * 3600
+    drift_check_interval_seconds: float = 600
+    slot_decision_timeout_seconds: float = 60
+    guard_leak_check_interval_seconds: float = 300
+
+    # HTTP API
+    api_tokens: list[str] = Field(default_factory=list)
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+
+    # Observability
+    log_level: str = "INFO"
+    metrics_port: int | None = Field(None, description="Prometheus port for SDK + privnet metrics")
+
+    @property
+    def acceptance_timeout(self) -> timedelta:
+        return timedelta(seconds=self.acceptance_timeout_seconds)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,472 @@
+"""Contracts shared by every side: workflow inputs, statuses, reason codes, signals,
+activity names and their payloads, and the connection view.
+
+Deterministic and dependency-free (pydantic + stdlib only): workflows import this module
+inside the Temporal sandbox, activities and starters import it directly.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from pydantic import BaseModel, Field, field_validator
+from temporalio.common import SearchAttributeKey
+
+# --------------------------------------------------------------------------- identifiers
+
+ORG_ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?$")
+CONNECTION_ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
+SERVICE_NAME_RE = re.compile(r"^com\.amazonaws\.vpce\.([a-z]{2}(?:-[a-z]+)+-\d)\.(vpce-svc-[0-9a-f]{8,17})$")
+REGION_RE = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d$")
+
+SERVICE_NAME_FORMAT = "com.amazonaws.vpce.<region>.vpce-svc-<hex id>"
+
+TASK_QUEUE = "privnet"
+DEFAULT_ORG_LABEL_KEY = "privnet.dev/org-id"
+MANAGED_BY = "privnet"
+
+
+def connection_workflow_id(org_id: str, connection_id: str) -> str:
+    return f"privnet-conn:{org_id}:{connection_id}"
+
+
+def org_guard_workflow_id(org_id: str) -> str:
+    return f"privnet-org:{org_id}"
+
+
+def policy_name(connection_id: str) -> str:
+    return f"privnet-{connection_id}"
+
+
+class InvalidInput(ValueError):
+    """A request a user can fix; ``code`` is stable, ``message`` names the fix."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def validate_org_id(org_id: str) -> str:
+    if not isinstance(org_id, str) or not ORG_ID_RE.match(org_id):
+        raise InvalidInput(
+            "INVALID_ORG_ID",
+            f"org id {org_id!r} is not a valid Kubernetes label value: use 1-63 lowercase "
+            "letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+        )
+    return org_id
+
+
+def validate_connection_id(connection_id: str) -> str:
+    if not isinstance(connection_id, str) or not CONNECTION_ID_RE.match(connection_id):
+        raise InvalidInput(
+            "INVALID_CONNECTION_ID",
+            f"connection id {connection_id!r} is invalid: use 1-40 lowercase letters, digits "
+            "or '-', starting and ending with a letter or digit",
+        )
+    return connection_id
+
+
+def parse_service_region(service_name: str) -> str:
+    """Region of an endpoint service, parsed from its name."""
+    m = SERVICE_NAME_RE.match(service_name or "")
+    if not m:
+        raise InvalidInput(
+            "INVALID_SERVICE_NAME",
+            f"endpoint service name {service_name!r} is not of the form {SERVICE_NAME_FORMAT} "
+            "(copy it from the customer's VPC console: Endpoint services → Service name)",
+        )
+    return m.group(1)
+
+
+def validate_region(region: str) -> str:
+    if not isinstance(region, str) or not REGION_RE.match(region):
+        raise InvalidInput(
+            "INVALID_REGION", f"region {region!r} is not an AWS region name such as us-east-1"
+        )
+    return region
+
+
+# Custom search attributes (Keyword) so operators can filter in the UI / visibility API.
+SA_ORG_ID = SearchAttributeKey.for_keyword("PrivnetOrgId")
+SA_STATUS = SearchAttributeKey.for_keyword("PrivnetStatus")
+SA_REGION = SearchAttributeKey.for_keyword("PrivnetRegion")
+SA_ENDPOINT_ID = SearchAttributeKey.for_keyword("PrivnetEndpointId")
+SEARCH_ATTRIBUTES = [SA_ORG_ID, SA_STATUS, SA_REGION, SA_ENDPOINT_ID]
+
+
+# --------------------------------------------------------------------------- statuses
+
+
+class ConnectionStatus(StrEnum):
+    PENDING = "Pending"
+    CHECKING_PRINCIPAL = "CheckingPrincipal"
+    CREATING_ENDPOINT = "CreatingEndpoint"
+    WAITING_FOR_ACCEPTANCE = "WaitingForAcceptance"
+    WAITING_FOR_IP = "WaitingForIp"
+    APPLYING_POLICY = "ApplyingPolicy"
+    ACTIVE = "Active"
+    DELETING = "Deleting"
+    DELETED = "Deleted"
+    FAILED = "Failed"
+    REJECTED = "Rejected"
+    CANCELLED = "Cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {
+        ConnectionStatus.DELETED,
+        ConnectionStatus.FAILED,
+        ConnectionStatus.REJECTED,
+        ConnectionStatus.CANCELLED,
+    }
+)
+PROVISIONING_STATUSES = frozenset(
+    {
+        ConnectionStatus.PENDING,
+        ConnectionStatus.CHECKING_PRINCIPAL,
+        ConnectionStatus.CREATING_ENDPOINT,
+        ConnectionStatus.WAITING_FOR_ACCEPTANCE,
+        ConnectionStatus.WAITING_FOR_IP,
+        ConnectionStatus.APPLYING_POLICY,
+    }
+)
+
+
+class Reason(StrEnum):
+    """Stable reason codes. Also used as ``ApplicationError.type`` by activities."""
+
+    # user / customer side (non-retryable)
+    INVALID_SERVICE_NAME = "INVALID_SERVICE_NAME"
+    INVALID_INPUT = "INVALID_INPUT"
+    PRINCIPAL_NOT_ALLOWED = "PRINCIPAL_NOT_ALLOWED"
+    AZ_NOT_SUPPORTED = "AZ_NOT_SUPPORTED"
+    REGION_NOT_SUPPORTED = "REGION_NOT_SUPPORTED"
+    ENDPOINT_REJECTED = "ENDPOINT_REJECTED"
+    ENDPOINT_FAILED = "ENDPOINT_FAILED"
+    ENDPOINT_EXPIRED = "ENDPOINT_EXPIRED"
+    ENDPOINT_DELETED = "ENDPOINT_DELETED"
+    ACCEPTANCE_TIMEOUT = "ACCEPTANCE_TIMEOUT"
+    LIMIT_REACHED = "LIMIT_REACHED"
+    # our side
+    CONFIGURATION_ERROR = "CONFIGURATION_ERROR"
+    AWS_ACCESS_DENIED = "AWS_ACCESS_DENIED"
+    ENDPOINT_CREATE_FAILED = "ENDPOINT_CREATE_FAILED"
+    POLICY_INVALID = "POLICY_INVALID"
+    POLICY_APPLY_FAILED = "POLICY_APPLY_FAILED"
+    KUBERNETES_FORBIDDEN = "KUBERNETES_FORBIDDEN"
+    ACTIVATION_FAILED = "ACTIVATION_FAILED"
+    SLOT_TIMEOUT = "SLOT_TIMEOUT"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+# Retryable ApplicationError types (never stop a workflow on their own).
+RETRYABLE_THROTTLED = "AWS_THROTTLED"
+RETRYABLE_TRANSIENT = "TRANSIENT"
+STATE_UNCHANGED = "STATE_UNCHANGED"  # benign: the poll loop's "not yet"
+ENDPOINT_NOT_DELETED_YET = "ENDPOINT_NOT_DELETED_YET"
+
+# Every non-retryable type activities may raise; workflows pass it to retry policies.
+NON_RETRYABLE_TYPES: list[str] = [r.value for r in Reason]
+
+
+# --------------------------------------------------------------------------- workflow I/O
+
+
+class ConnectionOptions(BaseModel):
+    """Timing knobs, filled from settings by the starter so workflow code stays pure."""
+
+    acceptance_timeout: timedelta = timedelta(days=7)
+    drift_check_interval: timedelta = timedelta(minutes=10)
+    slot_decision_timeout: timedelta = timedelta(seconds=60)
+    default_org_limit: int = 2
+    # Upper bound of the poll loop backoff for endpoint state (activity retry interval).
+    poll_max_interval: timedelta = timedelta(seconds=30)
+    poll_initial_interval: timedelta = timedelta(seconds=1)
+
+
+class ConnectionInput(BaseModel):
+    org_id: str
+    connection_id: str
+    endpoint_service_name: str
+    region: str
+    display_name: str | None = None
+    ports: list[int] = Field(default_factory=list)
+    options: ConnectionOptions = Field(default_factory=ConnectionOptions)
+
+    @field_validator("org_id")
+    @classmethod
+    def _org(cls, v: str) -> str:
+        return validate_org_id(v)
+
+    @field_validator("connection_id")
+    @classmethod
+    def _conn(cls, v: str) -> str:
+        return validate_connection_id(v)
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: list[int]) -> list[int]:
+        for p in v:
+            if not 1 <= p <= 65535:
+                raise InvalidInput("INVALID_PORT", f"port {p} is outside 1-65535")
+        return sorted(set(v))
+
+    @property
+    def service_region(self) -> str:
+        return parse_service_region(self.endpoint_service_name)
+
+    @property
+    def workflow_id(self) -> str:
+        return connection_workflow_id(self.org_id, self.connection_id)
+
+
+class ConnectionState(BaseModel):
+    """What the ``status`` query returns: the workflow's view of the connection."""
+
+    org_id: str
+    connection_id: str
+    status: ConnectionStatus
+    reason: str | None = None
+    message: str = ""
+    endpoint_service_name: str
+    region: str
+    service_region: str
+    vpc_endpoint_id: str | None = None
+    ips: list[str] = Field(default_factory=list)
+    dns_names: list[str] = Field(default_factory=list)
+    aws_state: str | None = None
+    step: str = ""
+    seq: int = 0
+    delete_requested: bool = False
+
+
+class SlotDecision(BaseModel):
+    connection_id: str
+    granted: bool
+    usage: int
+    limit: int
+
+
+# Signal and query names (string constants so starters and workflows agree).
+SIGNAL_DELETE = "delete"
+SIGNAL_CANCEL = "cancel"
+SIGNAL_RETRY_NOW = "retry_now"
+SIGNAL_SLOT_DECISION = "slot_decision"
+QUERY_STATUS = "status"
+
+SIGNAL_ACQUIRE = "acquire"
+SIGNAL_RELEASE = "release"
+SIGNAL_SET_LIMIT = "set_limit"
+QUERY_USAGE = "usage"
+
+
+class AcquireRequest(BaseModel):
+    connection_id: str
+    workflow_id: str
+
+
+class ReleaseRequest(BaseModel):
+    connection_id: str
+
+
+class SetLimitRequest(BaseModel):
+    limit: int = Field(ge=0)
+
+
+class OrgGuardInput(BaseModel):
+    org_id: str
+    limit: int = 2
+    holders: dict[str, str] = Field(default_factory=dict)  # connection_id -> workflow_id
+    leak_check_interval: timedelta = timedelta(minutes=5)
+    # Acquire requests not yet answered when continuing as new.
+    pending: list[AcquireRequest] = Field(default_factory=list)
+
+
+class GuardUsage(BaseModel):
+    org_id: str
+    limit: int
+    usage: int
+    holders: dict[str, str]
+
+
+# --------------------------------------------------------------------------- activities
+# Names are the contract between workflows and activity classes (workflows never import
+# activities). Every input/output is a pydantic model below.
+
+ACT_REQUEST_SLOT = "request_slot"
+ACT_RELEASE_SLOT = "release_slot"
+ACT_CLOSED_WORKFLOWS = "closed_workflows"
+ACT_CHECK_PRINCIPAL = "check_principal"
+ACT_CREATE_ENDPOINT = "create_endpoint"
+ACT_WAIT_FOR_STATE_CHANGE = "wait_for_state_change"
+ACT_GET_ENDPOINT_ADDRESSES = "get_endpoint_addresses"
+ACT_DELETE_ENDPOINT = "delete_endpoint"
+ACT_WAIT_ENDPOINT_DELETED = "wait_endpoint_deleted"
+ACT_APPLY_POLICIES = "apply_policies"
+ACT_DELETE_POLICIES = "delete_policies"
+ACT_RECORD_STATUS = "record_status"
+
+
+class SlotRequest(BaseModel):
+    org_id: str
+    connection_id: str
+    workflow_id: str
+    default_limit: int = 2
+
+
+class SlotRelease(BaseModel):
+    org_id: str
+    connection_id: str
+    default_limit: int = 2
+
+
+class ClosedWorkflowsInput(BaseModel):
+    workflow_ids: list[str]
+
+
+class ClosedWorkflowsResult(BaseModel):
+    closed: list[str]
+
+
+class CheckPrincipalInput(BaseModel):
+    org_id: str
+    connection_id: str
+    service_name: str
+    region: str  # where our endpoint lives
+    service_region: str
+
+
+class ServiceInfo(BaseModel):
+    service_name: str
+    service_id: str | None = None
+    az_ids: list[str]
+    acceptance_required: bool
+    supported_regions: list[str] = Field(default_factory=list)
+    private_dns_name: str | None = None
+    usable_az_ids: list[str] = Field(default_factory=list)  # service AZs ∩ our subnets' AZs
+
+
+class CreateEndpointInput(BaseModel):
+    org_id: str
+    connection_id: str
+    service_name: str
+    region: str
+    service_region: str
+    service_az_ids: list[str]
+
+
+class EndpointRef(BaseModel):
+    vpc_endpoint_id: str
+    state: str
+    created: bool = False  # False when an existing endpoint (tag or ClientToken) was found
+
+
+class WaitStateInput(BaseModel):
+    region: str
+    vpc_endpoint_id: str
+    last_state: str | None = None
+
+
+class EndpointState(BaseModel):
+    vpc_endpoint_id: str
+    state: str  # as AWS reports it; compare with .lower()
+    attempt: int = 1
+
+
+class EndpointAddressesInput(BaseModel):
+    region: str
+    vpc_endpoint_id: str
+
+
+class EndpointAddresses(BaseModel):
+    vpc_endpoint_id: str
+    state: str
+    ips: list[str]
+    dns_names: list[str]
+    network_interface_ids: list[str] = Field(default_factory=list)
+
+
+class DeleteEndpointInput(BaseModel):
+    region: str
+    connection_id: str
+    vpc_endpoint_id: str | None = None  # None: find by the connection-id tag
+
+
+class DeleteEndpointResult(BaseModel):
+    vpc_endpoint_ids: list[str]  # what was (or is being) deleted; empty = nothing there
+
+
+class ApplyPoliciesInput(BaseModel):
+    org_id: str
+    connection_id: str
+    ips: list[str]
+    ports: list[int] = Field(default_factory=list)
+
+
+class ApplyPoliciesResult(BaseModel):
+    namespaces: list[str]
+    changed: list[str] = Field(default_factory=list)  # namespaces where a write happened
+
+
+class DeletePoliciesInput(BaseModel):
+    org_id: str
+    connection_id: str
+
+
+class StatusRecord(BaseModel):
+    """One status write. ``seq`` grows with every write of one workflow run; the store
+    ignores a write whose seq is not newer than the row's (retries, out-of-order)."""
+
+    org_id: str
+    connection_id: str
+    seq: int
+    at: datetime
+    status: ConnectionStatus
+    reason: str | None = None
+    message: str = ""
+    detail: str = ""
+    endpoint_service_name: str
+    region: str
+    service_region: str
+    display_name: str | None = None
+    workflow_id: str
+    vpc_endpoint_id: str | None = None
+    ips: list[str] = Field(default_factory=list)
+    dns_names: list[str] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- views
+
+
+class TimelineEntry(BaseModel):
+    at: datetime
+    status: str
+    detail: str = ""
+
+
+class ConnectionView(BaseModel):
+    """The connection as the CLI (--json), HTTP API and ConnectionsClient show it."""
+
+    org_id: str
+    connection_id: str
+    status: str
+    reason: str | None = None
+    message: str = ""
+    endpoint_service_name: str
+    region: str
+    service_region: str
+    display_name: str | None = None
+    vpc_endpoint_id: str | None = None
+    ips: list[str] = Field(default_factory=list)
+    dns_names: list[str] = Field(default_factory=list)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    workflow_id: str | None = None
+    timeline: list[TimelineEntry] | None = None

@@ -18,7 +18,9 @@ from temporalio.common import SearchAttributeKey
 
 ORG_ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?$")
 CONNECTION_ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
-SERVICE_NAME_RE = re.compile(r"^com\.amazonaws\.vpce\.([a-z]{2}(?:-[a-z]+)+-\d)\.(vpce-svc-[0-9a-f]{8,17})$")
+SERVICE_NAME_RE = re.compile(
+    r"^com\.amazonaws\.vpce\.([a-z]{2}(?:-[a-z]+)+-\d)\.(vpce-svc-[0-9a-f]{8,17})$"
+)
 REGION_RE = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d$")
 
 SERVICE_NAME_FORMAT = "com.amazonaws.vpce.<region>.vpce-svc-<hex id>"
@@ -155,6 +157,7 @@ class Reason(StrEnum):
     ACCEPTANCE_TIMEOUT = "ACCEPTANCE_TIMEOUT"
     LIMIT_REACHED = "LIMIT_REACHED"
     # our side
+    PRINCIPAL_CHECK_FAILED = "PRINCIPAL_CHECK_FAILED"
     CONFIGURATION_ERROR = "CONFIGURATION_ERROR"
     AWS_ACCESS_DENIED = "AWS_ACCESS_DENIED"
     ENDPOINT_CREATE_FAILED = "ENDPOINT_CREATE_FAILED"
@@ -191,6 +194,16 @@ class ConnectionOptions(BaseModel):
     poll_initial_interval: timedelta = timedelta(seconds=1)
 
 
+class ResumeState(BaseModel):
+    """Carried across continue-as-new of an Active connection (history stays bounded)."""
+
+    seq: int
+    vpc_endpoint_id: str
+    ips: list[str]
+    dns_names: list[str] = Field(default_factory=list)
+    acceptance_required: bool = False
+
+
 class ConnectionInput(BaseModel):
     org_id: str
     connection_id: str
@@ -199,6 +212,7 @@ class ConnectionInput(BaseModel):
     display_name: str | None = None
     ports: list[int] = Field(default_factory=list)
     options: ConnectionOptions = Field(default_factory=ConnectionOptions)
+    resume: ResumeState | None = None
 
     @field_validator("org_id")
     @classmethod

@@ -1,0 +1,82 @@
+"""Org guard adapters: talk to the per-org guard workflow through the Temporal client.
+
+Signal-with-start makes every call idempotent and creates the guard on first use. The
+guard workflow is addressed by name so activities never import workflow code.
+"""
+
+from __future__ import annotations
+
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from workflows.contracts import (
+    ACT_CLOSED_WORKFLOWS,
+    ACT_RELEASE_SLOT,
+    ACT_REQUEST_SLOT,
+    SIGNAL_ACQUIRE,
+    SIGNAL_RELEASE,
+    AcquireRequest,
+    ClosedWorkflowsInput,
+    ClosedWorkflowsResult,
+    OrgGuardInput,
+    ReleaseRequest,
+    SlotRelease,
+    SlotRequest,
+    org_guard_workflow_id,
+)
+
+GUARD_WORKFLOW = "OrgGuardWorkflow"
+
+
+class GuardActivities:
+    def __init__(self, client: Client, task_queue: str, leak_check_interval_seconds: float = 300):
+        self._client = client
+        self._task_queue = task_queue
+        self._leak_interval = leak_check_interval_seconds
+
+    async def _signal_with_start(self, org_id: str, limit: int, signal: str, arg: object) -> None:
+        await self._client.start_workflow(
+            GUARD_WORKFLOW,
+            OrgGuardInput(org_id=org_id, limit=limit, leak_check_interval=self._leak_interval),
+            id=org_guard_workflow_id(org_id),
+            task_queue=self._task_queue,
+            start_signal=signal,
+            start_signal_args=[arg],
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=f"privnet org guard for {org_id}",
+        )
+
+    @activity.defn(name=ACT_REQUEST_SLOT)
+    async def request_slot(self, req: SlotRequest) -> None:
+        await self._signal_with_start(
+            req.org_id,
+            req.default_limit,
+            SIGNAL_ACQUIRE,
+            AcquireRequest(connection_id=req.connection_id, workflow_id=req.workflow_id),
+        )
+
+    @activity.defn(name=ACT_RELEASE_SLOT)
+    async def release_slot(self, req: SlotRelease) -> None:
+        await self._signal_with_start(
+            req.org_id,
+            req.default_limit,
+            SIGNAL_RELEASE,
+            ReleaseRequest(connection_id=req.connection_id),
+        )
+
+    @activity.defn(name=ACT_CLOSED_WORKFLOWS)
+    async def closed_workflows(self, inp: ClosedWorkflowsInput) -> ClosedWorkflowsResult:
+        closed: list[str] = []
+        for wid in inp.workflow_ids:
+            try:
+                desc = await self._client.get_workflow_handle(wid).describe()
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    closed.append(wid)
+                    continue
+                raise
+            if desc.status != WorkflowExecutionStatus.RUNNING:
+                closed.append(wid)
+        return ClosedWorkflowsResult(closed=closed)

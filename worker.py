@@ -1,0 +1,209 @@
+"""The privnet worker: registers every workflow and activity on the task queue.
+
+Clients (boto3, kubernetes, SQLAlchemy, Temporal) are built once from settings and
+injected into the activity classes; sync activities run in a thread pool. Logs are
+structlog JSON bound with workflow id / activity / org / connection; SDK and privnet
+metrics are served for Prometheus when ``PRIVNET_METRICS_PORT`` is set. SIGTERM and
+SIGINT shut the worker down cleanly (running activities finish or are cancelled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from temporalio import activity
+from temporalio.client import Client, TLSConfig
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+    Worker,
+)
+
+from settings import Settings, get_settings
+from workflows.connection import PrivateConnectionWorkflow
+from workflows.org_guard import OrgGuardWorkflow
+
+log = structlog.get_logger("privnet.worker")
+
+WORKFLOWS: list[type] = [PrivateConnectionWorkflow, OrgGuardWorkflow]
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """JSON logs on stderr; stdlib loggers (temporalio, botocore) go through structlog too."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.JSONRenderer(),
+            ],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+
+
+class _BindLogContext(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        info = activity.info()
+        arg = input.args[0] if input.args else None
+        with structlog.contextvars.bound_contextvars(
+            workflow_id=info.workflow_id,
+            activity=info.activity_type,
+            attempt=info.attempt,
+            org_id=getattr(arg, "org_id", None),
+            connection_id=getattr(arg, "connection_id", None),
+        ):
+            return await super().execute_activity(input)
+
+
+class LogContextInterceptor(Interceptor):
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _BindLogContext(next)
+
+
+def runtime_for(settings: Settings) -> Runtime | None:
+    if settings.metrics_port is None:
+        return None
+    return Runtime(
+        telemetry=TelemetryConfig(
+            metrics=PrometheusConfig(bind_address=f"0.0.0.0:{settings.metrics_port}")
+        )
+    )
+
+
+async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
+    """A Temporal client for a local server, a self-hosted cluster (mTLS) or Temporal Cloud."""
+    tls: bool | TLSConfig = False
+    if settings.temporal_tls_cert and settings.temporal_tls_key:
+        with (
+            open(settings.temporal_tls_cert, "rb") as c,
+            open(settings.temporal_tls_key, "rb") as k,
+        ):
+            tls = TLSConfig(client_cert=c.read(), client_private_key=k.read())
+    elif settings.temporal_api_key:
+        tls = True
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        api_key=settings.temporal_api_key,
+        tls=tls,
+        data_converter=pydantic_data_converter,
+        runtime=runtime,
+    )
+
+
+def activities_of(*objects: object) -> list[Callable[..., Any]]:
+    """Every ``@activity.defn`` method of the given activity-class instances."""
+    found: list[Callable[..., Any]] = []
+    for obj in objects:
+        for name in dir(type(obj)):
+            attr = getattr(type(obj), name, None)
+            if callable(attr) and hasattr(attr, "__temporal_activity_definition"):
+                found.append(getattr(obj, name))
+    return found
+
+
+def real_activities(client: Client, settings: Settings) -> list[object]:
+    """The production activity classes, built from settings."""
+    from activities.aws import AwsActivities
+    from activities.kubernetes import KubernetesActivities
+
+    from activities.guard import GuardActivities
+    from activities.store import Store, StoreActivities
+
+    store = Store.from_settings(settings)
+    store.create_schema()
+    return [
+        AwsActivities(settings),
+        KubernetesActivities.from_settings(settings),
+        StoreActivities(store),
+        GuardActivities(client, settings.task_queue, settings.guard_leak_check_interval_seconds),
+    ]
+
+
+def build_worker(
+    client: Client,
+    settings: Settings,
+    *,
+    activities: Sequence[object] | None = None,
+    task_queue: str | None = None,
+    max_concurrent_activities: int = 64,
+) -> Worker:
+    """A worker for every workflow; ``activities`` are activity-class instances (default:
+    the real adapters from settings; tests inject fakes registered under the same names)."""
+    objs = list(activities) if activities is not None else real_activities(client, settings)
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=WORKFLOWS,
+        activities=activities_of(*objs),
+        activity_executor=ThreadPoolExecutor(max_workers=max_concurrent_activities),
+        max_concurrent_activities=max_concurrent_activities,
+        interceptors=[LogContextInterceptor()],
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
+async def run_worker(settings: Settings | None = None) -> None:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    if settings.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        # privnet's own counters (AWS calls by operation) beside the SDK's port.
+        start_http_server(settings.metrics_port + 1)
+    client = await connect(settings, runtime_for(settings))
+    worker = build_worker(client, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "worker started",
+        task_queue=settings.task_queue,
+        temporal=settings.temporal_address,
+        namespace=settings.temporal_namespace,
+    )
+    async with worker:
+        await stop.wait()
+        log.info("shutting down")
+    log.info("worker stopped")
+
+
+def main() -> None:
+    asyncio.run(run_worker())
+
+
+if __name__ == "__main__":
+    main()

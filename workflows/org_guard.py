@@ -1,0 +1,177 @@
+"""OrgGuardWorkflow: one long-lived workflow per organization that enforces its
+connection limit.
+
+Signals are queued and decided one at a time in the run loop, so N concurrent acquires
+admit exactly ``limit``. Each decision is signalled back to the requester
+(``slot_decision``). Holders whose workflow closed without releasing (an operator's
+terminate skips compensation) are released by a periodic leak check. The history stays
+bounded with continue-as-new, carrying holders, limit and unanswered requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.contracts import (
+        ACT_CLOSED_WORKFLOWS,
+        QUERY_USAGE,
+        SIGNAL_ACQUIRE,
+        SIGNAL_RELEASE,
+        SIGNAL_SET_LIMIT,
+        SIGNAL_SLOT_DECISION,
+        AcquireRequest,
+        ClosedWorkflowsInput,
+        ClosedWorkflowsResult,
+        GuardUsage,
+        OrgGuardInput,
+        ReleaseRequest,
+        SetLimitRequest,
+        SlotDecision,
+    )
+
+Request = AcquireRequest | ReleaseRequest | SetLimitRequest
+
+
+@workflow.defn(name="OrgGuardWorkflow")
+class OrgGuardWorkflow:
+    @workflow.init
+    def __init__(self, inp: OrgGuardInput) -> None:
+        self._org = inp.org_id
+        self._limit = inp.limit
+        self._holders: dict[str, str] = dict(inp.holders)
+        self._queue: list[Request] = list(inp.pending)
+        self._leak_check_interval = inp.leak_check_interval
+        self._check_leaks_now = False
+
+    @workflow.signal(name=SIGNAL_ACQUIRE)
+    def acquire(self, req: AcquireRequest) -> None:
+        self._queue.append(req)
+
+    @workflow.signal(name=SIGNAL_RELEASE)
+    def release(self, req: ReleaseRequest) -> None:
+        self._queue.append(req)
+
+    @workflow.signal(name=SIGNAL_SET_LIMIT)
+    def set_limit(self, req: SetLimitRequest) -> None:
+        self._queue.append(req)
+
+    @workflow.signal(name="check_leaks")
+    def check_leaks(self) -> None:
+        """Run the leak check now instead of at the next interval (operators, tests)."""
+        self._check_leaks_now = True
+
+    @workflow.query(name=QUERY_USAGE)
+    def usage(self) -> GuardUsage:
+        return GuardUsage(
+            org_id=self._org,
+            limit=self._limit,
+            usage=len(self._holders),
+            holders=dict(self._holders),
+        )
+
+    @workflow.run
+    async def run(self, inp: OrgGuardInput) -> None:
+        next_check = workflow.now() + self._leak_check_interval
+        while True:
+            wait = max(next_check - workflow.now(), timedelta(seconds=1))
+            try:
+                await workflow.wait_condition(
+                    lambda: (
+                        bool(self._queue)
+                        or self._check_leaks_now
+                        or workflow.info().is_continue_as_new_suggested()
+                    ),
+                    timeout=wait,
+                    timeout_summary="leak check",
+                )
+            except TimeoutError:
+                pass
+            await self._drain()
+            if self._check_leaks_now or workflow.now() >= next_check:
+                self._check_leaks_now = False
+                await self._release_leaked()
+                next_check = workflow.now() + self._leak_check_interval
+            if workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                await self._drain()
+                workflow.continue_as_new(
+                    OrgGuardInput(
+                        org_id=self._org,
+                        limit=self._limit,
+                        holders=self._holders,
+                        leak_check_interval=self._leak_check_interval,
+                        pending=[r for r in self._queue if isinstance(r, AcquireRequest)],
+                    )
+                )
+
+    async def _drain(self) -> None:
+        """Decide every queued request in arrival order, then send the decisions."""
+        while self._queue:
+            batch, self._queue = self._queue, []
+            replies: list[tuple[str, SlotDecision]] = []
+            for req in batch:
+                if isinstance(req, SetLimitRequest):
+                    self._limit = req.limit
+                elif isinstance(req, ReleaseRequest):
+                    self._holders.pop(req.connection_id, None)
+                else:
+                    granted = req.connection_id in self._holders or (
+                        len(self._holders) < self._limit
+                    )
+                    if granted:
+                        self._holders[req.connection_id] = req.workflow_id
+                    replies.append(
+                        (
+                            req.workflow_id,
+                            SlotDecision(
+                                connection_id=req.connection_id,
+                                granted=granted,
+                                usage=len(self._holders),
+                                limit=self._limit,
+                            ),
+                        )
+                    )
+            results = await asyncio.gather(
+                *(self._reply(wid, d) for wid, d in replies), return_exceptions=True
+            )
+            for (_wid, decision), res in zip(replies, results, strict=True):
+                if isinstance(res, BaseException) and decision.granted:
+                    # The requester is gone (closed or never existed): free its slot.
+                    workflow.logger.warning(
+                        "releasing %s: its workflow could not be signalled (%s)",
+                        decision.connection_id,
+                        res,
+                    )
+                    self._holders.pop(decision.connection_id, None)
+
+    async def _reply(self, workflow_id: str, decision: SlotDecision) -> None:
+        handle = workflow.get_external_workflow_handle(workflow_id)
+        await handle.signal(SIGNAL_SLOT_DECISION, decision)
+
+    async def _release_leaked(self) -> None:
+        if not self._holders:
+            return
+        try:
+            result: ClosedWorkflowsResult = await workflow.execute_activity(
+                ACT_CLOSED_WORKFLOWS,
+                ClosedWorkflowsInput(workflow_ids=sorted(set(self._holders.values()))),
+                result_type=ClosedWorkflowsResult,
+                start_to_close_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=timedelta(minutes=2),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+                summary="find holders whose workflow closed",
+            )
+        except ActivityError as err:  # the next interval tries again
+            workflow.logger.warning("leak check failed: %s", err.cause or err)
+            return
+        closed = set(result.closed)
+        for conn, wid in list(self._holders.items()):
+            if wid in closed:
+                workflow.logger.info("releasing leaked slot of %s (%s closed)", conn, wid)
+                del self._holders[conn]

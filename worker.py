@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -102,17 +103,19 @@ def runtime_for(settings: Settings) -> Runtime | None:
     )
 
 
+def tls_config(settings: Settings) -> bool | TLSConfig:
+    """mTLS for a self-hosted cluster, TLS for Temporal Cloud API keys, else plaintext."""
+    if settings.temporal_tls_cert and settings.temporal_tls_key:
+        return TLSConfig(
+            client_cert=Path(settings.temporal_tls_cert).read_bytes(),
+            client_private_key=Path(settings.temporal_tls_key).read_bytes(),
+        )
+    return bool(settings.temporal_api_key)
+
+
 async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
     """A Temporal client for a local server, a self-hosted cluster (mTLS) or Temporal Cloud."""
-    tls: bool | TLSConfig = False
-    if settings.temporal_tls_cert and settings.temporal_tls_key:
-        with (
-            open(settings.temporal_tls_cert, "rb") as c,
-            open(settings.temporal_tls_key, "rb") as k,
-        ):
-            tls = TLSConfig(client_cert=c.read(), client_private_key=k.read())
-    elif settings.temporal_api_key:
-        tls = True
+    tls = tls_config(settings)
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,

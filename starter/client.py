@@ -1,0 +1,600 @@
+"""ConnectionsClient: what the dashboard backend, the HTTP API and the CLI use.
+
+It starts, signals and queries the connection workflows (by name, so the starter never
+imports workflow code) and reads connection rows and their timelines from the store.
+
+    client = await ConnectionsClient.connect(settings)
+    view = await client.create("acme", "com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0")
+    async for view in client.watch("acme", view.connection_id):
+        print(view.status)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import inspect
+import secrets
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, Field
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from settings import Settings
+from workflows.contracts import (
+    PROVISIONING_STATUSES,
+    QUERY_STATUS,
+    QUERY_USAGE,
+    SA_ORG_ID,
+    SA_REGION,
+    SA_STATUS,
+    SIGNAL_CANCEL,
+    SIGNAL_DELETE,
+    SIGNAL_RETRY_NOW,
+    SIGNAL_SET_LIMIT,
+    ConnectionInput,
+    ConnectionOptions,
+    ConnectionState,
+    ConnectionStatus,
+    ConnectionView,
+    GuardUsage,
+    InvalidInput,
+    OrgGuardInput,
+    SetLimitRequest,
+    connection_workflow_id,
+    org_guard_workflow_id,
+    parse_service_region,
+    validate_connection_id,
+    validate_org_id,
+    validate_region,
+)
+
+CONNECTION_WORKFLOW = "PrivateConnectionWorkflow"
+ORG_GUARD_WORKFLOW = "OrgGuardWorkflow"
+
+# Statuses before (or at) the admission decision: create waits until past them.
+_ADMISSION_STATUSES = frozenset({ConnectionStatus.PENDING})
+
+
+class NotFound(LookupError):
+    """The connection (or org) does not exist."""
+
+    code = "NOT_FOUND"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Conflict(Exception):
+    """The request conflicts with existing state (e.g. a connection id reused for another
+    service)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class PendingActivity(BaseModel):
+    activity_type: str
+    state: str
+    attempt: int
+    last_failure: str | None = None
+    next_attempt_at: datetime | None = None
+
+
+class StuckConnection(BaseModel):
+    """A connection provisioning for longer than expected, with what to do about it."""
+
+    org_id: str
+    connection_id: str
+    workflow_id: str
+    status: str
+    started_at: datetime | None = None
+    age_seconds: float = 0
+    step: str = ""
+    aws_state: str | None = None
+    message: str = ""  # what the customer (or operator) must fix
+    endpoint_service_name: str | None = None
+    vpc_endpoint_id: str | None = None
+    pending_activities: list[PendingActivity] = Field(default_factory=list)
+    ui_url: str | None = None
+
+
+def new_connection_id() -> str:
+    return "c-" + secrets.token_hex(5)
+
+
+def connection_options(settings: Settings) -> ConnectionOptions:
+    return ConnectionOptions(
+        acceptance_timeout=timedelta(seconds=settings.acceptance_timeout_seconds),
+        drift_check_interval=timedelta(seconds=settings.drift_check_interval_seconds),
+        slot_decision_timeout=timedelta(seconds=settings.slot_decision_timeout_seconds),
+        default_org_limit=settings.default_org_limit,
+        **_poll_options(settings),
+    )
+
+
+def _poll_options(settings: Settings) -> dict[str, timedelta]:
+    out: dict[str, timedelta] = {}
+    for field in ("poll_initial_interval", "poll_max_interval"):
+        seconds = getattr(settings, f"{field}_seconds", None)
+        if seconds:
+            out[field] = timedelta(seconds=float(seconds))
+    return out
+
+
+async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a store method whether it is sync (run in a thread) or async."""
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args, **kwargs)
+    result = await asyncio.to_thread(fn, *args, **kwargs)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+def _is_not_found(err: BaseException) -> bool:
+    return isinstance(err, RPCError) and err.status == RPCStatusCode.NOT_FOUND
+
+
+def view_from_state(
+    state: ConnectionState, *, workflow_id: str | None = None, created_at: datetime | None = None
+) -> ConnectionView:
+    return ConnectionView(
+        org_id=state.org_id,
+        connection_id=state.connection_id,
+        status=str(state.status),
+        reason=state.reason,
+        message=state.message,
+        endpoint_service_name=state.endpoint_service_name,
+        region=state.region,
+        service_region=state.service_region,
+        vpc_endpoint_id=state.vpc_endpoint_id,
+        ips=list(state.ips),
+        dns_names=list(state.dns_names),
+        created_at=created_at,
+        updated_at=datetime.now(UTC),
+        workflow_id=workflow_id,
+    )
+
+
+def validate_create(
+    settings: Settings,
+    org_id: str,
+    endpoint_service_name: str,
+    region: str | None,
+    connection_id: str | None,
+    ports: Iterable[int],
+) -> tuple[str, str, str, str, list[int]]:
+    """Validate a create request; returns (org, connection_id, service_region, region,
+    ports). Raises ``InvalidInput`` with a message naming the expected format."""
+    validate_org_id(org_id)
+    service_name = (endpoint_service_name or "").strip()
+    service_region = parse_service_region(service_name)
+    region = region or settings.aws_region
+    validate_region(region)
+    cid = connection_id if connection_id is not None else new_connection_id()
+    validate_connection_id(cid)
+    port_list: list[int] = []
+    for p in ports:
+        if not isinstance(p, int) or isinstance(p, bool) or not 1 <= p <= 65535:
+            raise InvalidInput("INVALID_PORT", f"port {p!r} is not a TCP port (1-65535)")
+        port_list.append(p)
+    return cid, service_name, service_region, region, sorted(set(port_list))
+
+
+class ConnectionsClient:
+    def __init__(self, temporal_client: Client, store: Any, settings: Settings) -> None:
+        self.temporal = temporal_client
+        self.store = store
+        self.settings = settings
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    async def connect(cls, settings: Settings, *, store: Any = None) -> ConnectionsClient:
+        client = await connect_temporal(settings)
+        if store is None:
+            store = open_store(settings)
+        return cls(client, store, settings)
+
+    # ------------------------------------------------------------------ helpers
+
+    def workflow_url(self, workflow_id: str) -> str:
+        base = self.settings.temporal_ui_url.rstrip("/")
+        return f"{base}/namespaces/{self.settings.temporal_namespace}/workflows/{workflow_id}"
+
+    def _handle(self, org_id: str, connection_id: str) -> WorkflowHandle[Any, Any]:
+        return self.temporal.get_workflow_handle(connection_workflow_id(org_id, connection_id))
+
+    async def _query_state(self, handle: WorkflowHandle[Any, Any]) -> ConnectionState | None:
+        try:
+            return await handle.query(
+                QUERY_STATUS, result_type=ConnectionState, rpc_timeout=timedelta(seconds=10)
+            )
+        except (RPCError, WorkflowQueryFailedError):
+            return None
+
+    async def _store_get(
+        self, org_id: str, connection_id: str, with_timeline: bool = True
+    ) -> ConnectionView | None:
+        if self.store is None:
+            return None
+        return await _call(self.store.get, org_id, connection_id, with_timeline=with_timeline)
+
+    # ------------------------------------------------------------------ commands
+
+    async def create(
+        self,
+        org_id: str,
+        endpoint_service_name: str,
+        region: str | None = None,
+        connection_id: str | None = None,
+        display_name: str | None = None,
+        ports: Iterable[int] = (),
+        wait_admission: timedelta = timedelta(seconds=5),
+    ) -> ConnectionView:
+        cid, service_name, service_region, region, port_list = validate_create(
+            self.settings, org_id, endpoint_service_name, region, connection_id, ports
+        )
+        inp = ConnectionInput(
+            org_id=org_id,
+            connection_id=cid,
+            endpoint_service_name=service_name,
+            region=region,
+            display_name=display_name,
+            ports=port_list,
+            options=connection_options(self.settings),
+        )
+        wid = inp.workflow_id
+        summary = f"{org_id}: {display_name or cid} → {service_name} ({region})"
+        try:
+            handle = await self.temporal.start_workflow(
+                CONNECTION_WORKFLOW,
+                inp,
+                id=wid,
+                task_queue=self.settings.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(SA_ORG_ID, org_id),
+                        SearchAttributePair(SA_STATUS, ConnectionStatus.PENDING.value),
+                        SearchAttributePair(SA_REGION, region),
+                    ]
+                ),
+                static_summary=summary[:200],
+            )
+        except WorkflowAlreadyStartedError:
+            # Closed workflow with this id: the create already happened.
+            existing = await self.get(org_id, cid)
+            self._check_same(existing, service_name)
+            return existing
+
+        deadline = asyncio.get_running_loop().time() + wait_admission.total_seconds()
+        state: ConnectionState | None = None
+        while True:
+            state = await self._query_state(handle)
+            if state is not None and state.status not in _ADMISSION_STATUSES:
+                break
+            if asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(0.1)
+        if state is not None:
+            self._check_same_state(state, service_name)
+        view = await self._store_get(org_id, cid, with_timeline=False)
+        if state is not None:
+            fresh = view_from_state(
+                state, workflow_id=wid, created_at=view.created_at if view else None
+            )
+            if view is not None:
+                fresh.display_name = view.display_name
+                fresh.updated_at = view.updated_at
+            else:
+                fresh.display_name = display_name
+            return fresh
+        if view is not None:
+            return view
+        # No worker answered yet: report what we know.
+        return ConnectionView(
+            org_id=org_id,
+            connection_id=cid,
+            status=ConnectionStatus.PENDING.value,
+            endpoint_service_name=service_name,
+            region=region,
+            service_region=service_region,
+            display_name=display_name,
+            workflow_id=wid,
+            created_at=datetime.now(UTC),
+            updated_at=datetime.now(UTC),
+        )
+
+    @staticmethod
+    def _check_same(view: ConnectionView, service_name: str) -> None:
+        if view.endpoint_service_name != service_name:
+            raise Conflict(
+                "CONNECTION_EXISTS",
+                f"connection {view.connection_id!r} already exists for "
+                f"{view.endpoint_service_name}; choose another connection id",
+            )
+
+    @staticmethod
+    def _check_same_state(state: ConnectionState, service_name: str) -> None:
+        if state.endpoint_service_name != service_name:
+            raise Conflict(
+                "CONNECTION_EXISTS",
+                f"connection {state.connection_id!r} already exists for "
+                f"{state.endpoint_service_name}; choose another connection id",
+            )
+
+    async def get(self, org_id: str, connection_id: str) -> ConnectionView:
+        validate_org_id(org_id)
+        validate_connection_id(connection_id)
+        view = await self._store_get(org_id, connection_id, with_timeline=True)
+        if view is not None:
+            if view.workflow_id is None:
+                view.workflow_id = connection_workflow_id(org_id, connection_id)
+            if view.timeline is None:
+                view.timeline = []
+            return view
+        handle = self._handle(org_id, connection_id)
+        try:
+            desc = await handle.describe()
+        except RPCError as err:
+            if _is_not_found(err):
+                raise NotFound(
+                    f"connection {connection_id!r} of org {org_id!r} does not exist"
+                ) from None
+            raise
+        state = await self._query_state(handle)
+        if state is None:
+            raise NotFound(
+                f"connection {connection_id!r} of org {org_id!r} has no status yet "
+                "(is a worker running?)"
+            )
+        out = view_from_state(state, workflow_id=handle.id, created_at=desc.start_time)
+        out.timeline = []
+        return out
+
+    async def current(self, org_id: str, connection_id: str) -> ConnectionView:
+        """The freshest view: the workflow's own state when it answers, else the store."""
+        handle = self._handle(org_id, connection_id)
+        state = await self._query_state(handle)
+        if state is None:
+            return await self.get(org_id, connection_id)
+        row = await self._store_get(org_id, connection_id, with_timeline=False)
+        view = view_from_state(
+            state, workflow_id=handle.id, created_at=row.created_at if row else None
+        )
+        if row is not None:
+            view.display_name = row.display_name
+            # A terminal row is final even if the query lags behind.
+            if ConnectionStatus(row.status).terminal and not state.status.terminal:
+                return row
+        return view
+
+    async def list(self, org_id: str | None = None) -> list[ConnectionView]:
+        if org_id is not None:
+            validate_org_id(org_id)
+        if self.store is None:
+            return []
+        rows = await _call(self.store.list, org_id=org_id)
+        return list(rows)
+
+    async def _signal(self, org_id: str, connection_id: str, signal: str) -> ConnectionView:
+        view = await self.get(org_id, connection_id)
+        handle = self._handle(org_id, connection_id)
+        try:
+            await handle.signal(signal)
+        except RPCError as err:
+            if not _is_not_found(err):
+                raise
+            # The workflow has already closed: nothing left to do, report the final view.
+            return await self.get(org_id, connection_id)
+        return view
+
+    async def delete(self, org_id: str, connection_id: str) -> ConnectionView:
+        view = await self._signal(org_id, connection_id, SIGNAL_DELETE)
+        if ConnectionStatus(view.status).terminal:
+            return view
+        # Give the workflow a moment to acknowledge, so callers see Deleting.
+        for _ in range(20):
+            cur = await self.current(org_id, connection_id)
+            if cur.status != view.status or ConnectionStatus(cur.status).terminal:
+                return cur
+            await asyncio.sleep(0.05)
+        return await self.current(org_id, connection_id)
+
+    async def cancel(self, org_id: str, connection_id: str) -> ConnectionView:
+        await self._signal(org_id, connection_id, SIGNAL_CANCEL)
+        return await self.current(org_id, connection_id)
+
+    async def retry(self, org_id: str, connection_id: str) -> ConnectionView:
+        await self._signal(org_id, connection_id, SIGNAL_RETRY_NOW)
+        return await self.current(org_id, connection_id)
+
+    async def watch(
+        self,
+        org_id: str,
+        connection_id: str,
+        *,
+        until: Iterable[str] = (),
+        interval: float = 0.25,
+        max_wait: timedelta | None = None,
+    ) -> AsyncIterator[ConnectionView]:
+        """Yield the connection each time its status (or AWS state/message) changes, until
+        it is terminal or reaches one of ``until``."""
+        stop = {str(s) for s in until}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait.total_seconds() if max_wait else None
+        last: tuple[Any, ...] | None = None
+        while True:
+            view = await self.current(org_id, connection_id)
+            key = (view.status, view.reason, view.message, view.vpc_endpoint_id, tuple(view.ips))
+            if key != last:
+                last = key
+                yield view
+            if ConnectionStatus(view.status).terminal or view.status in stop:
+                return
+            if deadline is not None and loop.time() >= deadline:
+                raise TimeoutError(
+                    f"connection {connection_id!r} still {view.status} after {max_wait}"
+                )
+            await asyncio.sleep(interval)
+
+    async def wait_for(
+        self,
+        org_id: str,
+        connection_id: str,
+        statuses: Iterable[str],
+        max_wait: timedelta = timedelta(seconds=60),
+    ) -> ConnectionView:
+        last: ConnectionView | None = None
+        async for view in self.watch(org_id, connection_id, until=statuses, max_wait=max_wait):
+            last = view
+        assert last is not None
+        return last
+
+    # ------------------------------------------------------------------ operators
+
+    async def stuck(self, older_than: timedelta = timedelta(minutes=15)) -> builtins.list[StuckConnection]:
+        cutoff = datetime.now(UTC) - older_than
+        statuses = ", ".join(f'"{s.value}"' for s in sorted(PROVISIONING_STATUSES))
+        query = (
+            f'ExecutionStatus="Running" AND WorkflowType="{CONNECTION_WORKFLOW}" '
+            f"AND PrivnetStatus IN ({statuses}) "
+            f'AND StartTime < "{cutoff.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}"'
+        )
+        out: builtins.list[StuckConnection] = []
+        async for wf in self.temporal.list_workflows(query):
+            if wf.status != WorkflowExecutionStatus.RUNNING:
+                continue
+            handle = self.temporal.get_workflow_handle(wf.id, run_id=wf.run_id)
+            org_id = wf.typed_search_attributes.get(SA_ORG_ID) or ""
+            status = wf.typed_search_attributes.get(SA_STATUS) or ""
+            item = StuckConnection(
+                org_id=org_id,
+                connection_id=wf.id.rsplit(":", 1)[-1],
+                workflow_id=wf.id,
+                status=status,
+                started_at=wf.start_time,
+                age_seconds=(datetime.now(UTC) - wf.start_time).total_seconds(),
+                ui_url=self.workflow_url(wf.id),
+            )
+            try:
+                desc = await handle.describe()
+                for pa in desc.raw_description.pending_activities:
+                    failure = pa.last_failure.message if pa.HasField("last_failure") else None
+                    nxt = (
+                        pa.next_attempt_schedule_time.ToDatetime(tzinfo=UTC)
+                        if pa.HasField("next_attempt_schedule_time")
+                        else None
+                    )
+                    item.pending_activities.append(
+                        PendingActivity(
+                            activity_type=pa.activity_type.name,
+                            state=PendingActivityState.Name(pa.state).removeprefix(
+                                "PENDING_ACTIVITY_STATE_"
+                            ),
+                            attempt=pa.attempt,
+                            last_failure=failure or None,
+                            next_attempt_at=nxt,
+                        )
+                    )
+            except RPCError:
+                pass
+            state = await self._query_state(handle)
+            if state is not None:
+                item.org_id = state.org_id
+                item.connection_id = state.connection_id
+                item.status = str(state.status)
+                item.step = state.step
+                item.aws_state = state.aws_state
+                item.message = state.message
+                item.endpoint_service_name = state.endpoint_service_name
+                item.vpc_endpoint_id = state.vpc_endpoint_id
+            out.append(item)
+        out.sort(key=lambda s: s.started_at or datetime.now(UTC))
+        return out
+
+    async def set_limit(self, org_id: str, limit: int) -> GuardUsage:
+        validate_org_id(org_id)
+        if not isinstance(limit, int) or limit < 0:
+            raise InvalidInput("INVALID_LIMIT", f"limit {limit!r} must be an integer >= 0")
+        await self.temporal.start_workflow(
+            ORG_GUARD_WORKFLOW,
+            OrgGuardInput(
+                org_id=org_id,
+                limit=self.settings.default_org_limit,
+                leak_check_interval=timedelta(
+                    seconds=self.settings.guard_leak_check_interval_seconds
+                ),
+            ),
+            id=org_guard_workflow_id(org_id),
+            task_queue=self.settings.task_queue,
+            start_signal=SIGNAL_SET_LIMIT,
+            start_signal_args=[SetLimitRequest(limit=limit)],
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=f"privnet org guard for {org_id}",
+        )
+        # The signal is processed asynchronously; wait briefly until it shows.
+        usage = await self.get_limit(org_id)
+        for _ in range(50):
+            if usage.limit == limit:
+                break
+            await asyncio.sleep(0.1)
+            usage = await self.get_limit(org_id)
+        return usage
+
+    async def get_limit(self, org_id: str) -> GuardUsage:
+        validate_org_id(org_id)
+        handle = self.temporal.get_workflow_handle(org_guard_workflow_id(org_id))
+        try:
+            return await handle.query(
+                QUERY_USAGE, result_type=GuardUsage, rpc_timeout=timedelta(seconds=10)
+            )
+        except (RPCError, WorkflowQueryFailedError, WorkflowFailureError) as err:
+            if isinstance(err, RPCError) and not _is_not_found(err):
+                raise
+            return GuardUsage(
+                org_id=org_id, limit=self.settings.default_org_limit, usage=0, holders={}
+            )
+
+
+# ---------------------------------------------------------------------- wiring
+
+
+async def connect_temporal(settings: Settings) -> Client:
+    """The Temporal client, configured like the worker's (pydantic converter, TLS, key)."""
+    from worker import connect  # the single source of client configuration
+
+    return await connect(settings)
+
+
+def open_store(settings: Settings) -> Any:
+    from activities.store import Store
+
+    store = Store(settings.database_url)
+    create = getattr(store, "create_schema", None)
+    if create is not None and not inspect.iscoroutinefunction(create):
+        create()
+    return store

@@ -300,10 +300,13 @@ async def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
     result = kube.apply_baseline()
     if inspect.isawaitable(result):
         result = await result
+    changed = bool(result)
     if args.json:
-        print_json(result if result is not None else {"applied": True})
+        print_json({"applied": True, "changed": changed, "namespaces": settings.task_namespaces})
     else:
-        print(f"baseline policy applied{': ' + str(result) if result else ''}")
+        state = "applied" if changed else "already up to date"
+        print(f"cluster baseline policy {state} (task namespaces: "
+              f"{', '.join(settings.task_namespaces)})")
     return 0
 
 

@@ -568,15 +568,12 @@ async def _rendered_policy(settings: Any, org: str, connection_id: str) -> str:
         result = await result
     wanted = f"privnet-{connection_id}"
     docs = []
-    for pol in result or []:
-        body = pol if isinstance(pol, dict) else getattr(pol, "to_dict", lambda: pol)()
-        name = (body.get("metadata") or {}).get("name") if isinstance(body, dict) else None
-        if name in (None, wanted):
-            if isinstance(body, dict):
-                meta = body.get("metadata") or {}
-                for k in ("uid", "resourceVersion", "creationTimestamp", "generation",
-                          "managedFields"):
-                    meta.pop(k, None)
+    for body in result or []:
+        meta = body.get("metadata") or {}
+        if meta.get("name") == wanted:
+            for k in ("uid", "resourceVersion", "creationTimestamp", "generation",
+                      "managedFields"):
+                meta.pop(k, None)
             docs.append(body)
     return str(yaml.safe_dump_all(docs, sort_keys=False)).rstrip()
 

@@ -1,0 +1,435 @@
+"""Connection records and their timeline (SQLAlchemy 2 Core).
+
+Two tables:
+
+- ``connections``: one row per (org_id, connection_id), the latest applied status write.
+- ``connection_events``: the timeline, one row per (org_id, connection_id, seq).
+
+Every status write (:class:`~workflows.contracts.StatusRecord`) carries a ``seq`` that grows
+with each write of a workflow run. :meth:`Store.record` applies a write in one transaction:
+
+1. ``INSERT ... ON CONFLICT (org_id, connection_id, seq) DO NOTHING`` into the timeline, so a
+   retried write never duplicates an event (an out-of-order older write still lands in the
+   timeline at its own seq: the timeline is ordered by seq, not by arrival);
+2. ``INSERT ... ON CONFLICT (org_id, connection_id) DO UPDATE SET ... WHERE connections.seq <
+   excluded.seq`` into ``connections``: the sequence guard. It is one atomic statement on
+   both SQLite and PostgreSQL, so it also covers the insert race (two first writes at once)
+   and concurrent writers: an older write never overwrites a newer one. ``created_at`` is
+   only set by the insert branch and never changed afterwards.
+
+Dialects: SQLite (default, ``sqlite:///privnet.db``; WAL, busy timeout, ``BEGIN IMMEDIATE``
+for writes so concurrent processes queue instead of failing) and PostgreSQL in production
+(``postgresql+psycopg://...``; a schema can be chosen with
+``?options=-csearch_path%3Dmyschema``).
+
+Timestamps are stored in UTC and always returned timezone-aware (UTC) on both dialects.
+Naive datetimes are rejected (``ValueError``): workflow time is always aware.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DataError
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.types import TypeDecorator
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from workflows.contracts import (
+    ACT_RECORD_STATUS,
+    ConnectionView,
+    InvalidInput,
+    Reason,
+    StatusRecord,
+    TimelineEntry,
+    validate_connection_id,
+    validate_org_id,
+)
+
+if TYPE_CHECKING:
+    from settings import Settings
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Arbitrary constant: serialises concurrent create_schema() calls on PostgreSQL.
+_SCHEMA_LOCK_KEY = 0x70726976  # "priv"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every dialect.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no timezone support, so the value is
+    converted to UTC and stored naive (fixed-width ISO text, so it sorts correctly).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# SQLite only makes INTEGER PRIMARY KEY an autoincrementing rowid alias.
+_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+connections = Table(
+    "connections",
+    metadata,
+    Column("org_id", String(63), primary_key=True),
+    Column("connection_id", String(64), primary_key=True),
+    Column("status", String(32), nullable=False),
+    Column("reason", String(64), nullable=True),
+    Column("message", Text, nullable=False, default=""),
+    Column("endpoint_service_name", String(255), nullable=False),
+    Column("region", String(32), nullable=False),
+    Column("service_region", String(32), nullable=False),
+    Column("display_name", Text, nullable=True),
+    Column("workflow_id", String(255), nullable=False),
+    Column("vpc_endpoint_id", String(64), nullable=True),
+    Column("ips", JSON, nullable=False),
+    Column("dns_names", JSON, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_connections_created_at", "created_at"),
+    Index("ix_connections_org_created_at", "org_id", "created_at"),
+    Index("ix_connections_status", "status"),
+)
+
+connection_events = Table(
+    "connection_events",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("org_id", String(63), nullable=False),
+    Column("connection_id", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+    UniqueConstraint("org_id", "connection_id", "seq", name="uq_connection_events_seq"),
+)
+
+_ROW_FIELDS = (
+    "status",
+    "reason",
+    "message",
+    "endpoint_service_name",
+    "region",
+    "service_region",
+    "display_name",
+    "workflow_id",
+    "vpc_endpoint_id",
+    "ips",
+    "dns_names",
+    "seq",
+)
+
+
+class Store:
+    """Connection records and timelines on SQLite or PostgreSQL. Thread-safe."""
+
+    def __init__(self, database_url: str, **engine_kwargs: Any) -> None:
+        url = make_url(database_url)
+        self.dialect = url.get_backend_name()
+        # In-memory SQLite is one shared connection: serialise its users.
+        self._serial: AbstractContextManager[Any] = nullcontext()
+        if self.dialect == "sqlite":
+            if _sqlite_in_memory(database_url):
+                self._serial = threading.RLock()
+            self._insert: Any = sqlite_dialect.insert
+            self.engine = _sqlite_engine(database_url, engine_kwargs)
+            self._read_options: dict[str, Any] = {}
+        elif self.dialect == "postgresql":
+            self._insert = pg_dialect.insert
+            engine_kwargs.setdefault("pool_pre_ping", True)
+            self.engine = create_engine(database_url, **engine_kwargs)
+            # get(): row and timeline from one snapshot.
+            self._read_options = {"isolation_level": "REPEATABLE READ"}
+        else:
+            raise ValueError(
+                f"unsupported database {url.drivername!r}: use sqlite:///path.db or "
+                "postgresql+psycopg://user@host/db"
+            )
+        self._write_engine = self.engine.execution_options(privnet_write=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        return cls(settings.database_url)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ schema
+
+    def create_schema(self) -> None:
+        """Create the tables and indexes if absent. Idempotent, safe from several
+        processes at once (advisory lock on PostgreSQL, BEGIN IMMEDIATE on SQLite)."""
+        with self._serial, self._write_engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK_KEY})
+            metadata.create_all(conn, checkfirst=True)
+
+    # ------------------------------------------------------------------ writes
+
+    def record(self, rec: StatusRecord) -> bool:
+        """Apply one status write; True if the connection row was inserted or updated
+        (False: a write with this or a newer seq was already applied)."""
+        if rec.at.tzinfo is None or rec.at.utcoffset() is None:
+            raise ValueError(f"StatusRecord.at must be timezone-aware, got {rec.at!r}")
+        values: dict[str, Any] = {f: getattr(rec, f) for f in _ROW_FIELDS}
+        values["status"] = str(rec.status)
+        values["ips"] = builtins.list(rec.ips)
+        values["dns_names"] = builtins.list(rec.dns_names)
+
+        ins_event = (
+            self._insert(connection_events)
+            .values(
+                org_id=rec.org_id,
+                connection_id=rec.connection_id,
+                seq=rec.seq,
+                at=rec.at,
+                status=str(rec.status),
+                detail=rec.detail,
+            )
+            .on_conflict_do_nothing(index_elements=["org_id", "connection_id", "seq"])
+        )
+        ins_row = self._insert(connections).values(
+            org_id=rec.org_id,
+            connection_id=rec.connection_id,
+            created_at=rec.at,
+            updated_at=rec.at,
+            **values,
+        )
+        excluded = ins_row.excluded
+        upsert = ins_row.on_conflict_do_update(
+            index_elements=["org_id", "connection_id"],
+            set_={**{f: excluded[f] for f in values}, "updated_at": excluded.updated_at},
+            where=connections.c.seq < excluded.seq,
+        ).returning(connections.c.seq)
+
+        with self._serial, self._write_engine.begin() as conn:
+            conn.execute(ins_event)
+            applied = conn.execute(upsert).first() is not None
+        return applied
+
+    # ------------------------------------------------------------------ reads
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._serial, self.engine.connect() as conn:
+            if self._read_options:
+                conn = conn.execution_options(**self._read_options)
+            with conn.begin():
+                yield conn
+
+    def get(
+        self, org_id: str, connection_id: str, with_timeline: bool = True
+    ) -> ConnectionView | None:
+        c = connections.c
+        with self._read() as conn:
+            row = conn.execute(
+                select(connections).where(c.org_id == org_id, c.connection_id == connection_id)
+            ).first()
+            if row is None:
+                return None
+            view = _view(row._mapping)
+            if with_timeline:
+                e = connection_events.c
+                events = conn.execute(
+                    select(e.at, e.status, e.detail)
+                    .where(e.org_id == org_id, e.connection_id == connection_id)
+                    .order_by(e.seq)
+                ).all()
+                view.timeline = [
+                    TimelineEntry(at=ev.at, status=ev.status, detail=ev.detail) for ev in events
+                ]
+        return view
+
+    def list(
+        self,
+        org_id: str | None = None,
+        statuses: builtins.list[str] | None = None,
+        *,
+        updated_before: datetime | None = None,
+    ) -> builtins.list[ConnectionView]:
+        """Connections (without timeline) ordered by created_at; optionally one org's,
+        only those in ``statuses``, only those not updated since ``updated_before``
+        (what ``privnet stuck`` needs)."""
+        c = connections.c
+        q = select(connections).order_by(c.created_at, c.org_id, c.connection_id)
+        if org_id is not None:
+            q = q.where(c.org_id == org_id)
+        if statuses is not None:
+            q = q.where(c.status.in_([str(s) for s in statuses]))
+        if updated_before is not None:
+            q = q.where(c.updated_at < updated_before)
+        with self._read() as conn:
+            return [_view(r._mapping) for r in conn.execute(q)]
+
+    def count_by_status(self, org_id: str | None = None) -> dict[str, int]:
+        c = connections.c
+        q = select(c.status, func.count()).group_by(c.status).order_by(c.status)
+        if org_id is not None:
+            q = q.where(c.org_id == org_id)
+        with self._read() as conn:
+            return {status: int(n) for status, n in conn.execute(q)}
+
+
+def _view(m: Any) -> ConnectionView:
+    return ConnectionView(
+        org_id=m["org_id"],
+        connection_id=m["connection_id"],
+        status=m["status"],
+        reason=m["reason"],
+        message=m["message"],
+        endpoint_service_name=m["endpoint_service_name"],
+        region=m["region"],
+        service_region=m["service_region"],
+        display_name=m["display_name"],
+        vpc_endpoint_id=m["vpc_endpoint_id"],
+        ips=m["ips"] or [],
+        dns_names=m["dns_names"] or [],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        workflow_id=m["workflow_id"],
+    )
+
+
+def _enable_wal(cur: Any) -> None:
+    """Switch the database to WAL (persistent: only the first connection ever does it).
+    The switch needs an exclusive lock and SQLite does not apply the busy handler to it,
+    so when several processes open a new database at once, retry it ourselves."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def _sqlite_in_memory(database_url: str) -> bool:
+    database = make_url(database_url).database
+    return database in (None, "", ":memory:") or "mode=memory" in database_url
+
+
+def _sqlite_engine(database_url: str, engine_kwargs: dict[str, Any]) -> Engine:
+    url = make_url(database_url)
+    memory = _sqlite_in_memory(database_url)
+    connect_args = engine_kwargs.pop("connect_args", {})
+    connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
+    if memory:
+        # One shared connection, or every pool checkout would see an empty database.
+        connect_args.setdefault("check_same_thread", False)
+        engine_kwargs.setdefault("poolclass", StaticPool)
+    else:
+        Path(url.database or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(database_url, connect_args=connect_args, **engine_kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control away from pysqlite so we can emit BEGIN ourselves.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            if not memory:
+                _enable_wal(cur)
+                cur.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock up front: a deferred transaction that has to upgrade
+        # its lock can fail with SQLITE_BUSY without waiting for the busy timeout.
+        if conn.get_execution_options().get("privnet_write"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+class StoreActivities:
+    """The store's activity. Sync: the worker runs it in its thread-pool executor.
+
+    Database errors (connection refused, lock timeouts, failover) propagate and are
+    retried by Temporal; only invalid data is non-retryable.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @activity.defn(name=ACT_RECORD_STATUS)
+    def record_status(self, rec: StatusRecord) -> None:
+        try:
+            validate_org_id(rec.org_id)
+            validate_connection_id(rec.connection_id)
+            if rec.seq < 0:
+                raise InvalidInput("INVALID_SEQ", f"seq must be >= 0, got {rec.seq}")
+            applied = self.store.record(rec)
+        except (InvalidInput, ValueError, DataError) as e:
+            raise ApplicationError(
+                f"invalid status record for {rec.org_id}/{rec.connection_id} seq {rec.seq}: {e}",
+                type=Reason.INVALID_INPUT.value,
+                non_retryable=True,
+            ) from e
+        activity.logger.debug(
+            "recorded %s/%s seq=%d status=%s applied=%s",
+            rec.org_id,
+            rec.connection_id,
+            rec.seq,
+            rec.status,
+            applied,
+        )

@@ -20,6 +20,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
+    RetryState,
     TimeoutError,
     is_cancelled_exception,
 )
@@ -89,7 +90,6 @@ FOREVER_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=60),
     maximum_attempts=0,
 )
-STEP_TIMEOUT = timedelta(seconds=60)  # one attempt
 STEP_DEADLINE = timedelta(minutes=15)  # all attempts of a forward step
 PENDING_DEADLINE = timedelta(minutes=30)  # AWS normally makes an endpoint available in ~2 min
 
@@ -445,11 +445,10 @@ class PrivateConnectionWorkflow:
                             non_retryable_error_types=NON_RETRYABLE_TYPES,
                         ),
                         schedule_to_close=budget,
-                        start_to_close=STEP_TIMEOUT,
                     )
                 )
             except ActivityError as err:
-                if isinstance(err.cause, TimeoutError):
+                if isinstance(err.cause, TimeoutError) or err.retry_state == RetryState.TIMEOUT:
                     raise self._wait_timeout(s, ref.vpc_endpoint_id) from None
                 raise failure_of(err, Reason.ENDPOINT_FAILED, "waiting for the endpoint") from None
             state = result.state
@@ -705,9 +704,11 @@ class PrivateConnectionWorkflow:
         *,
         summary: str,
         retry: RetryPolicy = STEP_RETRY,
-        start_to_close: timedelta = STEP_TIMEOUT,
+        start_to_close: timedelta | None = None,
         schedule_to_close: timedelta | None = None,
     ) -> Any:
+        if start_to_close is None:
+            start_to_close = self._inp.options.step_timeout
         if schedule_to_close is None and retry is STEP_RETRY:
             schedule_to_close = STEP_DEADLINE
         return await workflow.execute_activity(
@@ -726,14 +727,11 @@ class PrivateConnectionWorkflow:
         ``strict`` lets a non-retryable store error surface (marking Active must succeed);
         other writes retry forever so a flaky database never loses a transition.
         """
-        self._state.status = status
-        self._state.step = detail
-        self._state.seq += 1
-        workflow.upsert_search_attributes([SA_STATUS.value_set(status.value)])
+        seq = self._state.seq + 1
         rec = StatusRecord(
             org_id=self._inp.org_id,
             connection_id=self._inp.connection_id,
-            seq=self._state.seq,
+            seq=seq,
             at=workflow.now(),
             status=status,
             reason=self._state.reason,
@@ -748,6 +746,8 @@ class PrivateConnectionWorkflow:
             ips=self._state.ips,
             dns_names=self._state.dns_names,
         )
+        # The seq is consumed even if the write fails, so a later write always wins.
+        self._state.seq = seq
         await self._activity(
             ACT_RECORD_STATUS,
             rec,
@@ -755,6 +755,10 @@ class PrivateConnectionWorkflow:
             summary=f"record status {status.value}",
             retry=STEP_RETRY if strict else FOREVER_RETRY,
         )
+        # Query, search attribute and store agree: all move once the write succeeded.
+        self._state.status = status
+        self._state.step = detail
+        workflow.upsert_search_attributes([SA_STATUS.value_set(status.value)])
 
     def _details(self, doing: str, waiting_for: str, *, fix: str | None = None) -> None:
         lines = [

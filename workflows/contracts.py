@@ -189,6 +189,8 @@ class ConnectionOptions(BaseModel):
     drift_check_interval: timedelta = timedelta(minutes=10)
     slot_decision_timeout: timedelta = timedelta(seconds=60)
     default_org_limit: int = 2
+    # One attempt of a forward step (a dead worker's attempt is retried after this).
+    step_timeout: timedelta = timedelta(seconds=60)
     # Upper bound of the poll loop backoff for endpoint state (activity retry interval).
     poll_max_interval: timedelta = timedelta(seconds=30)
     poll_initial_interval: timedelta = timedelta(seconds=1)

@@ -1,0 +1,323 @@
+"""PrivateConnectionWorkflow on the real Temporal dev server, with fake activities
+registered under the real names and the real org guard."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from temporalio.api.sdk.v1 import WorkflowMetadata
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.exceptions import CancelledError
+
+from settings import Settings
+from tests.fakes import CountingGuardActivities, FakeActivities, FakeWorld
+from tests.wfutil import make_input, query, save_history, start, uid, wait_status
+from worker import build_worker
+from workflows.contracts import (
+    ACT_APPLY_POLICIES,
+    ACT_CHECK_PRINCIPAL,
+    ACT_CREATE_ENDPOINT,
+    ACT_DELETE_ENDPOINT,
+    ACT_DELETE_POLICIES,
+    ACT_RECORD_STATUS,
+    ACT_RELEASE_SLOT,
+    ACT_WAIT_ENDPOINT_DELETED,
+    SA_STATUS,
+    SIGNAL_CANCEL,
+    SIGNAL_DELETE,
+    SIGNAL_RETRY_NOW,
+    ConnectionState,
+)
+
+HAPPY = [
+    "Pending",
+    "CheckingPrincipal",
+    "CreatingEndpoint",
+    "WaitingForIp",
+    "ApplyingPolicy",
+    "Active",
+]
+COMPENSATIONS = {
+    ACT_DELETE_POLICIES,
+    ACT_DELETE_ENDPOINT,
+    ACT_WAIT_ENDPOINT_DELETED,
+    ACT_RELEASE_SLOT,
+}
+
+
+class Env:
+    def __init__(self, client: Client, world: FakeWorld, task_queue: str) -> None:
+        self.client = client
+        self.world = world
+        self.task_queue = task_queue
+
+
+@pytest.fixture
+async def env(temporal_client: Client, tmp_path: Path) -> AsyncIterator[Env]:
+    world = FakeWorld(tmp_path / "world.db")
+    tq = uid("tq")
+    worker = build_worker(
+        temporal_client,
+        Settings(),
+        task_queue=tq,
+        activities=[
+            FakeActivities(world, namespaces=("tasks", "tasks-gpu")),
+            CountingGuardActivities(world, temporal_client, tq, 300),
+        ],
+    )
+    async with worker:
+        yield Env(temporal_client, world, tq)
+
+
+def compensations(world: FakeWorld, conn: str) -> list[str]:
+    """Compensation activities in call order, retries of one activity collapsed."""
+    seq = [c for c in world.calls(conn) if c in COMPENSATIONS]
+    return [c for i, c in enumerate(seq) if i == 0 or seq[i - 1] != c]
+
+
+async def test_happy_path_reaches_active_and_records_every_transition(env: Env) -> None:
+    org, conn = uid("org"), uid("c")
+    handle = await start(env.client, make_input(org, conn), env.task_queue)
+    state = await wait_status(handle, "Active")
+
+    assert state.ips == ["10.1.0.10", "10.1.1.10"]
+    assert state.vpc_endpoint_id and state.vpc_endpoint_id.startswith("vpce-")
+    records = env.world.statuses(conn)
+    assert [r.status.value for r in records] == HAPPY
+    assert [r.seq for r in records] == list(range(1, len(HAPPY) + 1))
+    last = records[-1]
+    assert (last.ips, last.vpc_endpoint_id, last.seq) == (
+        state.ips,
+        state.vpc_endpoint_id,
+        state.seq,
+    )
+    assert all(a.at <= b.at for a, b in zip(records, records[1:], strict=False))
+    desc = await handle.describe()
+    assert desc.typed_search_attributes.get(SA_STATUS) == "Active"
+    assert env.world.effects(conn).count("endpoint.create") == 1
+    assert "policy.apply:tasks" in env.world.effects(conn)
+    assert "policy.apply:tasks-gpu" in env.world.effects(conn)
+
+    # Repeated create with the same id returns the same workflow (USE_EXISTING).
+    again = await start(env.client, make_input(org, conn), env.task_queue)
+    assert again.result_run_id == handle.result_run_id
+
+    await handle.signal(SIGNAL_DELETE)
+    await handle.result()
+    await save_history(handle, "connection_happy_then_delete")
+
+
+async def test_delete_while_active_compensates_in_reverse_order(env: Env) -> None:
+    org, conn = uid("org"), uid("c")
+    handle = await start(env.client, make_input(org, conn), env.task_queue)
+    await wait_status(handle, "Active")
+    await handle.signal(SIGNAL_DELETE)
+    result = await handle.result()
+    assert isinstance(result, ConnectionState)
+    assert result.status.value == "Deleted"
+    assert result.ips == []
+
+    comp = compensations(env.world, conn)
+    assert comp == [
+        ACT_DELETE_POLICIES,
+        ACT_DELETE_ENDPOINT,
+        ACT_WAIT_ENDPOINT_DELETED,
+        ACT_RELEASE_SLOT,
+    ]
+    effects = env.world.effects(conn)
+    tail = [
+        e for e in effects if e.startswith(("policy.delete", "endpoint.delete", "slot.release"))
+    ]
+    assert tail == [
+        "policy.delete:tasks",
+        "policy.delete:tasks-gpu",
+        "endpoint.delete",
+        "slot.release",
+    ]
+    assert env.world.get(f"endpoint:{conn}")["state"] == "deleted"
+    statuses = [r.status.value for r in env.world.statuses(conn)]
+    assert statuses == [*HAPPY, "Deleting", "Deleted"]
+    assert (await handle.describe()).typed_search_attributes.get(SA_STATUS) == "Deleted"
+
+
+# step k → (how to inject, expected reason, expected compensations in order)
+FAILURES = {
+    1: ("fail", ACT_CHECK_PRINCIPAL, "PRINCIPAL_NOT_ALLOWED", [ACT_RELEASE_SLOT]),
+    2: ("fail", ACT_CREATE_ENDPOINT, "ENDPOINT_CREATE_FAILED", [ACT_RELEASE_SLOT]),
+    3: (
+        "state",
+        "rejected",
+        "ENDPOINT_REJECTED",
+        [ACT_DELETE_ENDPOINT, ACT_WAIT_ENDPOINT_DELETED, ACT_RELEASE_SLOT],
+    ),
+    # Step 4 also undoes itself: a partial apply across namespaces must not outlive the
+    # endpoint (a reused IP would open another org's endpoint).
+    4: (
+        "fail",
+        ACT_APPLY_POLICIES,
+        "POLICY_INVALID",
+        [ACT_DELETE_POLICIES, ACT_DELETE_ENDPOINT, ACT_WAIT_ENDPOINT_DELETED, ACT_RELEASE_SLOT],
+    ),
+    5: (
+        "fail",
+        ACT_RECORD_STATUS,
+        "ACTIVATION_FAILED",
+        [ACT_DELETE_POLICIES, ACT_DELETE_ENDPOINT, ACT_WAIT_ENDPOINT_DELETED, ACT_RELEASE_SLOT],
+    ),
+}
+
+
+@pytest.mark.parametrize("step", sorted(FAILURES))
+async def test_failure_at_each_step_runs_exactly_the_earlier_compensations(
+    env: Env, step: int
+) -> None:
+    how, target, reason, expected = FAILURES[step]
+    org, conn = uid("org"), uid("c")
+    if how == "fail":
+        env.world.fail(conn, target, reason)
+    else:
+        env.world.set(f"initial_state:{conn}", target)
+    handle = await start(env.client, make_input(org, conn), env.task_queue)
+    result = await handle.result()
+    assert result.status.value == "Failed"
+    assert result.reason == reason
+    assert result.message
+    assert compensations(env.world, conn) == expected
+    records = env.world.statuses(conn)
+    assert records[-1].status.value == "Failed"
+    assert records[-1].reason == reason
+    assert records[-1].message == result.message
+    # nothing left behind
+    ep = env.world.get(f"endpoint:{conn}")
+    assert ep is None or ep["state"] == "deleted"
+    assert env.world.get(f"policy:tasks:{conn}") is None
+    await save_history(handle, f"connection_fail_step{step}")
+
+
+async def test_terminal_aws_state_message_names_the_fix(env: Env) -> None:
+    org, conn = uid("org"), uid("c")
+    env.world.set(f"initial_state:{conn}", "rejected")
+    result = await (await start(env.client, make_input(org, conn), env.task_queue)).result()
+    assert "accept" in result.message
+
+
+async def test_cancel_signal_while_waiting_for_ip(env: Env) -> None:
+    org, conn = uid("org"), uid("c")
+    env.world.set(f"initial_state:{conn}", "pending")
+    handle = await start(env.client, make_input(org, conn), env.task_queue)
+    await wait_status(handle, "WaitingForIp")
+    await handle.signal(SIGNAL_CANCEL)
+    result = await handle.result()
+    assert result.status.value == "Cancelled"
+    assert compensations(env.world, conn) == [
+        ACT_DELETE_ENDPOINT,
+        ACT_WAIT_ENDPOINT_DELETED,
+        ACT_RELEASE_SLOT,
+    ]
+    assert env.world.get(f"endpoint:{conn}")["state"] == "deleted"
+    assert env.world.get(f"policy:tasks:{conn}") is None
+    assert env.world.statuses(conn)[-1].status.value == "Cancelled"
+    await save_history(handle, "connection_cancel_signal")
+
+
+async def test_temporal_cancellation_while_waiting_for_ip(env: Env) -> None:
+    org, conn = uid("org"), uid("c")
+    env.world.set(f"initial_state:{conn}", "pending")
+    handle = await start(env.client, make_input(org, conn), env.task_queue)
+    await wait_status(handle, "WaitingForIp")
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError) as info:
+        await handle.result()
+    assert isinstance(info.value.cause, CancelledError)
+    assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
+    assert compensations(env.world, conn) == [
+        ACT_DELETE_ENDPOINT,
+        ACT_WAIT_ENDPOINT_DELETED,
+        ACT_RELEASE_SLOT,
+    ]
+    assert env.world.get(f"endpoint:{conn}")["state"] == "deleted"
+    assert env.world.statuses(conn)[-1].status.value == "Cancelled"
+    await save_history(handle, "connection_temporal_cancel")
+
+
+async def test_temporal_cancellation_while_active(env: Env) -> None:
+    org, conn = uid("org"), uid("c")
+    handle = await start(env.client, make_input(org, conn), env.task_queue)
+    await wait_status(handle, "Active")
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    assert compensations(env.world, conn) == [
+        ACT_DELETE_POLICIES,
+        ACT_DELETE_ENDPOINT,
+        ACT_WAIT_ENDPOINT_DELETED,
+        ACT_RELEASE_SLOT,
+    ]
+    assert env.world.statuses(conn)[-1].status.value == "Cancelled"
+
+
+async def test_acceptance_then_accepted(env: Env) -> None:
+    org, conn = uid("org"), uid("c")
+    env.world.set(f"initial_state:{conn}", "pendingAcceptance")
+    handle = await start(env.client, make_input(org, conn), env.task_queue)
+    state = await wait_status(handle, "WaitingForAcceptance")
+    assert state.aws_state == "pendingAcceptance"
+    # The UI's "current details" tell the operator what the customer must do.
+    meta = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+    assert "must accept" in meta.current_details
+    assert await (await handle.describe()).static_summary() == f"privnet connection {org}/{conn}"
+    env.world.set_endpoint_state(conn, "pending")
+    await wait_status(handle, "WaitingForIp")
+    env.world.set_endpoint_state(conn, "available")
+    await handle.signal(SIGNAL_RETRY_NOW)  # skip the backoff
+    await wait_status(handle, "Active")
+    statuses = [r.status.value for r in env.world.statuses(conn)]
+    assert statuses == [
+        "Pending",
+        "CheckingPrincipal",
+        "CreatingEndpoint",
+        "WaitingForAcceptance",
+        "WaitingForIp",
+        "ApplyingPolicy",
+        "Active",
+    ]
+    await handle.signal(SIGNAL_DELETE)
+    assert (await handle.result()).status.value == "Deleted"
+    await save_history(handle, "connection_acceptance")
+
+
+async def test_acceptance_timeout_fails_with_the_fix(env: Env) -> None:
+    org, conn = uid("org"), uid("c")
+    env.world.set(f"initial_state:{conn}", "pendingAcceptance")
+    inp = make_input(org, conn, acceptance_timeout=timedelta(seconds=2))
+    result = await (await start(env.client, inp, env.task_queue)).result()
+    assert result.status.value == "Failed"
+    assert result.reason == "ACCEPTANCE_TIMEOUT"
+    assert "accept" in result.message
+    assert env.world.get(f"endpoint:{conn}")["state"] == "deleted"
+
+
+async def test_drift_repair_reapplies_a_deleted_policy_and_follows_ip_changes(env: Env) -> None:
+    org, conn = uid("org"), uid("c")
+    inp = make_input(org, conn, drift_check_interval=timedelta(seconds=1))
+    handle = await start(env.client, inp, env.task_queue)
+    await wait_status(handle, "Active")
+    applies = env.world.effects(conn).count("policy.apply:tasks")
+    env.world.delete(f"policy:tasks:{conn}")  # someone deleted it by hand
+    ep = env.world.get(f"endpoint:{conn}")
+    ep["ips"] = ["10.1.0.99", "10.1.1.10"]
+    env.world.set(f"endpoint:{conn}", ep)
+    for _ in range(100):
+        state = await query(handle)
+        if state.ips == ["10.1.0.99", "10.1.1.10"] and env.world.get(f"policy:tasks:{conn}"):
+            break
+        await asyncio.sleep(0.1)
+    assert env.world.get(f"policy:tasks:{conn}")["ips"] == ["10.1.0.99", "10.1.1.10"]
+    assert env.world.effects(conn).count("policy.apply:tasks") > applies
+    assert any("drift repaired" in r.detail for r in env.world.statuses(conn))
+    await handle.signal(SIGNAL_DELETE)
+    assert (await handle.result()).status.value == "Deleted"

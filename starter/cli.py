@@ -346,16 +346,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    common.add_argument(
-        "--stack", metavar="PATH", help=f"stack file (default {DEFAULT_STACK} when it exists)"
-    )
+    def options(parser: argparse.ArgumentParser, default: Any) -> argparse.ArgumentParser:
+        parser.add_argument(
+            "--json", action="store_true", default=default, help="machine-readable output"
+        )
+        parser.add_argument(
+            "--stack",
+            metavar="PATH",
+            default=default if default is argparse.SUPPRESS else None,
+            help=f"stack file (default {DEFAULT_STACK} when it exists)",
+        )
+        return parser
 
-    p = argparse.ArgumentParser(
-        prog="privnet",
-        description="Private connections to customers' services over AWS PrivateLink.",
-        parents=[common],
+    # Subcommands repeat the options with SUPPRESS defaults, so `privnet --json list` and
+    # `privnet list --json` both work (a subparser default would overwrite the first).
+    common = options(argparse.ArgumentParser(add_help=False), argparse.SUPPRESS)
+    p = options(
+        argparse.ArgumentParser(
+            prog="privnet",
+            description="Private connections to customers' services over AWS PrivateLink.",
+        ),
+        False,
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -95,9 +95,9 @@ async def api(temporal_env: WorkflowEnvironment, tmp_path_factory: Any) -> Async
 
 
 async def _wait_status(
-    http: httpx.AsyncClient, org: str, cid: str, wanted: set[str], timeout: float = 30
+    http: httpx.AsyncClient, org: str, cid: str, wanted: set[str], max_wait: float = 30
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + max_wait
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:
         r = await http.get(f"/v1/orgs/{org}/connections/{cid}")
@@ -106,7 +106,7 @@ async def _wait_status(
             if body["status"] in wanted:
                 return body
         await asyncio.sleep(0.1)
-    raise AssertionError(f"{org}/{cid} not in {wanted} after {timeout}s: {body}")
+    raise AssertionError(f"{org}/{cid} not in {wanted} after {max_wait}s: {body}")
 
 
 def _assert_error(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:

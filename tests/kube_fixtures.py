@@ -1,0 +1,102 @@
+"""Shared fixtures and helpers for the Kubernetes / Cilium tests: the sandbox API server,
+clients pointed at it, and validators built from the upstream Cilium CRD schemas.
+
+Import the fixtures into a test module (``from tests.kube_fixtures import sandbox_kube``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema import Draft202012Validator, FormatChecker
+from kubernetes import client
+
+from activities.kubernetes import KubernetesActivities
+from sandbox.kube import SandboxKube
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The folder ../shared beside the repository (CI copies shared/ beside a fresh clone).
+SHARED_CILIUM = Path(__file__).resolve().parents[2] / "shared" / "cilium"
+CRD_FILES = {
+    "ciliumnetworkpolicies": "ciliumnetworkpolicies.yaml",
+    "ciliumclusterwidenetworkpolicies": "ciliumclusterwidenetworkpolicies.yaml",
+}
+TASK_NAMESPACES = ["tasks", "batch"]
+LABEL_KEY = "privnet.dev/org-id"
+
+needs_crds = pytest.mark.skipif(
+    not all((SHARED_CILIUM / f).is_file() for f in CRD_FILES.values()),
+    reason=f"upstream Cilium CRD schemas not found in {SHARED_CILIUM} (copy the shared/ "
+    "folder beside the repository to run the CRD schema checks)",
+)
+
+_format_checker = FormatChecker()
+
+
+@_format_checker.checks("cidr", raises=ValueError)
+def _is_cidr(value: object) -> bool:
+    # Kubernetes' "cidr" format is Go's net.ParseCIDR: an address with a prefix length.
+    if not isinstance(value, str):
+        return True
+    if "/" not in value:
+        raise ValueError(f"{value!r} has no prefix length")
+    ipaddress.ip_network(value, strict=False)
+    return True
+
+
+@cache
+def crd_validator(plural: str) -> Draft202012Validator:
+    """A jsonschema validator for the served version's openAPIV3Schema of one CRD."""
+    crd = yaml.safe_load((SHARED_CILIUM / CRD_FILES[plural]).read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v2" and v["served"]]
+    schema = version["schema"]["openAPIV3Schema"]
+    return Draft202012Validator(schema, format_checker=_format_checker)
+
+
+def crd_errors(plural: str, obj: dict[str, Any]) -> list[str]:
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in crd_validator(plural).iter_errors(obj)
+    ]
+
+
+@pytest.fixture
+def sandbox_kube() -> Iterator[SandboxKube]:
+    kube = SandboxKube(["default", "kube-system", *TASK_NAMESPACES])
+    kube.start()
+    try:
+        yield kube
+    finally:
+        kube.stop()
+
+
+@pytest.fixture
+def kube_api_client(sandbox_kube: SandboxKube) -> Iterator[client.ApiClient]:
+    api_client = client.ApiClient(client.Configuration(host=sandbox_kube.url))
+    try:
+        yield api_client
+    finally:
+        api_client.close()
+
+
+@pytest.fixture
+def custom_api(kube_api_client: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(kube_api_client)
+
+
+@pytest.fixture
+def kube_activities(kube_api_client: client.ApiClient) -> KubernetesActivities:
+    """Activities for the single task namespace ``tasks``."""
+    return KubernetesActivities(kube_api_client, ["tasks"], LABEL_KEY)
+
+
+@pytest.fixture
+def kube_activities_multi(kube_api_client: client.ApiClient) -> KubernetesActivities:
+    """Activities for two task namespaces (``tasks``, ``batch``)."""
+    return KubernetesActivities(kube_api_client, list(TASK_NAMESPACES), LABEL_KEY)

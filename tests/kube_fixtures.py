@@ -1,13 +1,14 @@
-"""Shared fixtures and helpers for the Kubernetes / Cilium tests: the sandbox API server,
-clients pointed at it, and validators built from the upstream Cilium CRD schemas.
+"""Shared fixtures for the Kubernetes / Cilium tests: the sandbox API server, clients
+pointed at it, and validators built from the upstream Cilium CRD schemas.
 
-Import the fixtures into a test module (``from tests.kube_fixtures import sandbox_kube``).
+Use from a test module with ``pytest_plugins = ["tests.kube_fixtures"]`` (test modules
+import nothing from here, so pytest can load it as a plugin with assertion rewriting).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,10 @@ CRD_FILES = {
 TASK_NAMESPACES = ["tasks", "batch"]
 LABEL_KEY = "privnet.dev/org-id"
 
-needs_crds = pytest.mark.skipif(
-    not all((SHARED_CILIUM / f).is_file() for f in CRD_FILES.values()),
-    reason=f"upstream Cilium CRD schemas not found in {SHARED_CILIUM} (copy the shared/ "
-    "folder beside the repository to run the CRD schema checks)",
+CRDS_PRESENT = all((SHARED_CILIUM / f).is_file() for f in CRD_FILES.values())
+CRDS_MISSING_REASON = (
+    f"upstream Cilium CRD schemas not found in {SHARED_CILIUM} (copy the shared/ folder "
+    "beside the repository to run the CRD schema checks)"
 )
 
 _format_checker = FormatChecker()
@@ -59,11 +60,25 @@ def crd_validator(plural: str) -> Draft202012Validator:
     return Draft202012Validator(schema, format_checker=_format_checker)
 
 
-def crd_errors(plural: str, obj: dict[str, Any]) -> list[str]:
+def _crd_errors(plural: str, obj: dict[str, Any]) -> list[str]:
     return [
         f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
         for e in crd_validator(plural).iter_errors(obj)
     ]
+
+
+@pytest.fixture(scope="session")
+def crd_errors() -> Callable[[str, dict[str, Any]], list[str]]:
+    """``crd_errors(plural, obj)`` → the CRD schema violations of ``obj`` (empty = valid).
+    Skips the test when the upstream schemas are not beside the repository."""
+    if not CRDS_PRESENT:
+        pytest.skip(CRDS_MISSING_REASON)
+    return _crd_errors
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
 
 
 @pytest.fixture

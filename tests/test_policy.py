@@ -4,6 +4,7 @@ against the upstream Cilium CRD schemas, and the deploy/ manifests that carry th
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,12 @@ from activities.policy import (
     render_connection_policy,
 )
 from sandbox.kube import SandboxKube
-from tests.kube_fixtures import (  # noqa: F401 - fixtures
-    REPO_ROOT,
-    crd_errors,
-    kube_activities,
-    kube_api_client,
-    needs_crds,
-    sandbox_kube,
-)
 from workflows.contracts import ApplyPoliciesInput, InvalidInput
 
+pytest_plugins = ["tests.kube_fixtures"]
+
+CrdErrors = Callable[[str, dict[str, Any]], list[str]]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 CNP = "ciliumnetworkpolicies"
 CCNP = "ciliumclusterwidenetworkpolicies"
 
@@ -53,7 +50,6 @@ def _render(**kw: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- CRD schema
 
 
-@needs_crds
 @pytest.mark.parametrize(
     "kw",
     [
@@ -64,18 +60,20 @@ def _render(**kw: Any) -> dict[str, Any]:
         {"ips": ["172.16.5.5/32", "100.64.0.9"], "org_id": "a.b_c-d"},
     ],
 )
-def test_connection_policy_validates_against_the_cilium_crd(kw: dict[str, Any]) -> None:
+def test_connection_policy_validates_against_the_cilium_crd(
+    kw: dict[str, Any], crd_errors: CrdErrors
+) -> None:
     policy = _render(**kw)
     assert crd_errors(CNP, policy) == []
 
 
-@needs_crds
 @pytest.mark.parametrize("namespaces", [["tasks"], ["tasks", "batch", "jobs-2"]])
-def test_baseline_validates_against_the_cilium_clusterwide_crd(namespaces: list[str]) -> None:
+def test_baseline_validates_against_the_cilium_clusterwide_crd(
+    namespaces: list[str], crd_errors: CrdErrors
+) -> None:
     assert crd_errors(CCNP, render_baseline_policy(namespaces, "privnet.dev/org-id")) == []
 
 
-@needs_crds
 @pytest.mark.parametrize(
     "mutate",
     [
@@ -88,14 +86,13 @@ def test_baseline_validates_against_the_cilium_clusterwide_crd(namespaces: list[
         lambda p: p["spec"].update(egress="everything"),
     ],
 )
-def test_the_crd_schema_check_rejects_broken_policies(mutate: Any) -> None:
+def test_the_crd_schema_check_rejects_broken_policies(mutate: Any, crd_errors: CrdErrors) -> None:
     """The schema check used above is not vacuous: it refuses what the CRD refuses."""
     policy = _render(ports=[443])
     mutate(policy)
     assert crd_errors(CNP, policy) != []
 
 
-@needs_crds
 @given(
     org=st.from_regex(r"\A[a-z0-9]([-a-z0-9_.]{0,20}[a-z0-9])?\Z"),
     conn=st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,10}[a-z0-9])?\Z"),
@@ -103,7 +100,7 @@ def test_the_crd_schema_check_rejects_broken_policies(mutate: Any) -> None:
     ports=st.lists(st.integers(1, 65535), max_size=8),
 )
 def test_any_valid_input_renders_a_crd_valid_host_only_policy(
-    org: str, conn: str, hosts: set[int], ports: list[int]
+    crd_errors: CrdErrors, org: str, conn: str, hosts: set[int], ports: list[int]
 ) -> None:
     ips = [str(ipaddress.IPv4Address(0x0A000000 + h)) for h in hosts]  # inside 10.0.0.0/8
     policy = render_connection_policy(org, conn, ips, ports, namespace="tasks")

@@ -620,6 +620,7 @@ class SandboxSeed(BaseModel):
     customer_role_arn: str
     customer_vpc_ids: dict[str, str]
     customer_az_ids: dict[str, list[str]]  # service key → AZ ids of its NLB
+    customer_nlb_arns: dict[str, str]  # region → the customer's internal NLB
     access_key_id: str = SANDBOX_ACCESS_KEY
     secret_access_key: str = SANDBOX_SECRET_KEY
 
@@ -896,7 +897,7 @@ class SandboxAws:
             principal_arn=principal, endpoint_networks=networks, customer_services=services,
             customer_service_ids=service_ids,
             customer_role_arn=f"arn:aws:iam::{cust}:role/{ADMIN_ROLE_NAME}",
-            customer_vpc_ids=vpcs, customer_az_ids=azs_by_service,
+            customer_vpc_ids=vpcs, customer_az_ids=azs_by_service, customer_nlb_arns=nlbs,
         )
 
 

@@ -1,0 +1,105 @@
+"""Shared fixtures for the sandbox-AWS and AWS-activity tests (import them explicitly:
+``from tests.aws_fixtures import *``-style, see the test modules)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from temporalio.exceptions import ApplicationError
+
+from activities.aws import AwsActivities, CallCounter
+from sandbox.aws import SANDBOX_ACCESS_KEY, SANDBOX_SECRET_KEY, SandboxAws, SandboxSeed
+from settings import EndpointNetwork, Settings
+
+T = TypeVar("T")
+_ids = itertools.count(1)
+
+
+def unique(prefix: str = "c") -> str:
+    return f"{prefix}-{next(_ids)}"
+
+
+@pytest.fixture(scope="session")
+def sandbox_aws() -> Iterator[SandboxAws]:
+    sandbox = SandboxAws(seed=1234)
+    sandbox.start()
+    try:
+        yield sandbox
+    finally:
+        sandbox.stop()
+
+
+@pytest.fixture(scope="session")
+def aws_seed(sandbox_aws: SandboxAws) -> SandboxSeed:
+    return sandbox_aws.seed_default()
+
+
+@pytest.fixture
+def sandbox(sandbox_aws: SandboxAws, aws_seed: SandboxSeed) -> Iterator[SandboxAws]:
+    """The session sandbox with no faults and zero delays before and after the test."""
+    sandbox_aws.clear_faults(seed=1234)
+    sandbox_aws.set_delays(pending=0, deleting=0, deleted_visible=0)
+    yield sandbox_aws
+    sandbox_aws.clear_faults(seed=1234)
+    sandbox_aws.set_delays(pending=0, deleting=0, deleted_visible=0)
+
+
+def base_session() -> boto3.Session:
+    return boto3.Session(
+        aws_access_key_id=SANDBOX_ACCESS_KEY, aws_secret_access_key=SANDBOX_SECRET_KEY,
+        region_name="us-east-1",
+    )
+
+
+def make_settings(seed: SandboxSeed, **overrides: Any) -> Settings:
+    networks = {
+        region: EndpointNetwork(
+            vpc_id=n.vpc_id, subnet_ids=n.subnet_ids, security_group_ids=n.security_group_ids
+        )
+        for region, n in seed.endpoint_networks.items()
+    }
+    values: dict[str, Any] = {
+        "aws_region": seed.region,
+        "aws_role_arn": seed.role_arn,
+        "aws_endpoint_url": seed.endpoint_url,
+        "endpoint_networks": networks,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+FAST = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=2, read_timeout=10)
+
+
+def make_activities(seed: SandboxSeed, **overrides: Any) -> AwsActivities:
+    return AwsActivities(
+        make_settings(seed, **overrides), base_session(), client_config=FAST,
+        counter=CallCounter(),
+    )
+
+
+@pytest.fixture
+def aws_acts(sandbox: SandboxAws, aws_seed: SandboxSeed) -> AwsActivities:
+    return make_activities(aws_seed)
+
+
+def retrying(fn: Callable[[Any], T], arg: Any, *, max_attempts: int = 500) -> T:
+    """Emulate Temporal's retry policy (no backoff): retry retryable ApplicationErrors and
+    raw botocore errors, re-raise non-retryable ones."""
+    last: BaseException | None = None
+    for _ in range(max_attempts):
+        try:
+            return fn(arg)
+        except ApplicationError as err:
+            if err.non_retryable:
+                raise
+            last = err
+        except (ClientError, BotoCoreError) as err:
+            last = err
+    raise AssertionError(f"still failing after {max_attempts} attempts: {last}")

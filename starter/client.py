@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -116,7 +117,33 @@ class StuckConnection(BaseModel):
     endpoint_service_name: str | None = None
     vpc_endpoint_id: str | None = None
     pending_activities: list[PendingActivity] = Field(default_factory=list)
+    details: str = ""  # the workflow's current details, as the Temporal UI shows them
     ui_url: str | None = None
+
+
+_FIX_PREFIX = "To unblock:"
+
+
+def customer_fix(state: ConnectionState, details: str = "") -> str:
+    """What must happen for a provisioning connection to move on, in one sentence."""
+    for block in details.split("\n"):
+        block = block.strip()
+        if block.startswith(_FIX_PREFIX):
+            return block[len(_FIX_PREFIX) :].strip()
+    if state.message:
+        return state.message
+    ep = state.vpc_endpoint_id or "the endpoint"
+    if state.status == ConnectionStatus.WAITING_FOR_ACCEPTANCE:
+        return (
+            f"The customer must accept the connection request of {ep} on their endpoint "
+            f"service {state.endpoint_service_name} (VPC console → Endpoint services → "
+            "Endpoint connections → Accept)."
+        )
+    if state.status == ConnectionStatus.WAITING_FOR_IP:
+        return f"AWS has not made {ep} available yet (state {state.aws_state or 'pending'})."
+    if state.status == ConnectionStatus.PENDING:
+        return "Waiting for the org guard's slot decision: check that a worker is running."
+    return f"{state.step or state.status}: check the workflow in the Temporal UI."
 
 
 def new_connection_id() -> str:
@@ -523,18 +550,32 @@ class ConnectionsClient:
             except RPCError:
                 pass
             state = await self._query_state(handle)
+            details = await self._current_details(handle)
+            item.details = details
             if state is not None:
                 item.org_id = state.org_id
                 item.connection_id = state.connection_id
                 item.status = str(state.status)
                 item.step = state.step
                 item.aws_state = state.aws_state
-                item.message = state.message
                 item.endpoint_service_name = state.endpoint_service_name
                 item.vpc_endpoint_id = state.vpc_endpoint_id
+                item.message = customer_fix(state, details)
             out.append(item)
         out.sort(key=lambda s: s.started_at or datetime.now(UTC))
         return out
+
+    async def _current_details(self, handle: WorkflowHandle[Any, Any]) -> str:
+        """What the workflow shows in the UI (``workflow.set_current_details``)."""
+        try:
+            md = await handle.query(
+                "__temporal_workflow_metadata",
+                result_type=WorkflowMetadata,
+                rpc_timeout=timedelta(seconds=10),
+            )
+        except Exception:  # noqa: BLE001 - optional information
+            return ""
+        return str(getattr(md, "current_details", "") or "")
 
     async def set_limit(self, org_id: str, limit: int) -> GuardUsage:
         validate_org_id(org_id)

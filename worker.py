@@ -162,6 +162,8 @@ def build_worker(
     activities: Sequence[object] | None = None,
     task_queue: str | None = None,
     max_concurrent_activities: int = 64,
+    extra_workflows: Sequence[type] = (),
+    max_cached_workflows: int = 1000,
 ) -> Worker:
     """A worker for every workflow; ``activities`` are activity-class instances (default:
     the real adapters from settings; tests inject fakes registered under the same names)."""
@@ -169,7 +171,8 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
-        workflows=WORKFLOWS,
+        workflows=[*WORKFLOWS, *extra_workflows],
+        max_cached_workflows=max_cached_workflows,
         activities=activities_of(*objs),
         activity_executor=ThreadPoolExecutor(max_workers=max_concurrent_activities),
         max_concurrent_activities=max_concurrent_activities,

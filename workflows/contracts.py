@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from temporalio.common import SearchAttributeKey
@@ -284,16 +285,24 @@ QUERY_USAGE = "usage"
 
 
 class AcquireRequest(BaseModel):
+    kind: Literal["acquire"] = "acquire"
     connection_id: str
     workflow_id: str
 
 
 class ReleaseRequest(BaseModel):
+    kind: Literal["release"] = "release"
     connection_id: str
 
 
 class SetLimitRequest(BaseModel):
+    kind: Literal["set_limit"] = "set_limit"
     limit: int = Field(ge=0)
+
+
+GuardRequest = Annotated[
+    AcquireRequest | ReleaseRequest | SetLimitRequest, Field(discriminator="kind")
+]
 
 
 class OrgGuardInput(BaseModel):
@@ -301,8 +310,10 @@ class OrgGuardInput(BaseModel):
     limit: int = 2
     holders: dict[str, str] = Field(default_factory=dict)  # connection_id -> workflow_id
     leak_check_interval: timedelta = timedelta(minutes=5)
-    # Acquire requests not yet answered when continuing as new.
-    pending: list[AcquireRequest] = Field(default_factory=list)
+    # Requests not yet decided when continuing as new, in arrival order.
+    pending: list[GuardRequest] = Field(default_factory=list)
+    # Continue as new when the server suggests it or the history reaches this length.
+    max_history_events: int = 10_000
 
 
 class GuardUsage(BaseModel):

@@ -48,6 +48,7 @@ class OrgGuardWorkflow:
         self._queue: list[Request] = list(inp.pending)
         self._leak_check_interval = inp.leak_check_interval
         self._check_leaks_now = False
+        self._max_history = inp.max_history_events
 
     @workflow.signal(name=SIGNAL_ACQUIRE)
     def acquire(self, req: AcquireRequest) -> None:
@@ -97,58 +98,65 @@ class OrgGuardWorkflow:
                 self._check_leaks_now = False
                 await self._release_leaked()
                 next_check = workflow.now() + self._leak_check_interval
-            if workflow.info().is_continue_as_new_suggested():
+            if self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                await self._drain()
                 workflow.continue_as_new(
                     OrgGuardInput(
                         org_id=self._org,
                         limit=self._limit,
                         holders=self._holders,
                         leak_check_interval=self._leak_check_interval,
-                        pending=[r for r in self._queue if isinstance(r, AcquireRequest)],
+                        pending=list(self._queue),
+                        max_history_events=self._max_history,
                     )
                 )
 
+    def _should_continue_as_new(self) -> bool:
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() >= self._max_history
+        )
+
     async def _drain(self) -> None:
-        """Decide every queued request in arrival order, then send the decisions."""
-        while self._queue:
-            batch, self._queue = self._queue, []
-            replies: list[tuple[str, SlotDecision]] = []
-            for req in batch:
-                if isinstance(req, SetLimitRequest):
-                    self._limit = req.limit
-                elif isinstance(req, ReleaseRequest):
-                    self._holders.pop(req.connection_id, None)
-                else:
-                    granted = req.connection_id in self._holders or (
-                        len(self._holders) < self._limit
+        """Decide the queued requests in arrival order, then send the decisions. Requests
+        arriving meanwhile wait for the next round, so the loop can continue as new."""
+        batch, self._queue = self._queue, []
+        replies: list[tuple[str, SlotDecision]] = []
+        for req in batch:
+            if isinstance(req, SetLimitRequest):
+                self._limit = req.limit
+            elif isinstance(req, ReleaseRequest):
+                self._holders.pop(req.connection_id, None)
+            else:
+                granted = req.connection_id in self._holders or len(self._holders) < self._limit
+                if granted:
+                    self._holders[req.connection_id] = req.workflow_id
+                replies.append(
+                    (
+                        req.workflow_id,
+                        SlotDecision(
+                            connection_id=req.connection_id,
+                            granted=granted,
+                            usage=len(self._holders),
+                            limit=self._limit,
+                        ),
                     )
-                    if granted:
-                        self._holders[req.connection_id] = req.workflow_id
-                    replies.append(
-                        (
-                            req.workflow_id,
-                            SlotDecision(
-                                connection_id=req.connection_id,
-                                granted=granted,
-                                usage=len(self._holders),
-                                limit=self._limit,
-                            ),
-                        )
-                    )
-            results = await asyncio.gather(
-                *(self._reply(wid, d) for wid, d in replies), return_exceptions=True
-            )
-            for (_wid, decision), res in zip(replies, results, strict=True):
-                if isinstance(res, BaseException) and decision.granted:
-                    # The requester is gone (closed or never existed): free its slot.
-                    workflow.logger.warning(
-                        "releasing %s: its workflow could not be signalled (%s)",
-                        decision.connection_id,
-                        res,
-                    )
-                    self._holders.pop(decision.connection_id, None)
+                )
+        if not replies:
+            return
+        results = await asyncio.gather(
+            *(self._reply(wid, d) for wid, d in replies), return_exceptions=True
+        )
+        for (_wid, decision), res in zip(replies, results, strict=True):
+            if isinstance(res, BaseException) and decision.granted:
+                # The requester is gone (closed or never existed): free its slot.
+                workflow.logger.warning(
+                    "releasing %s: its workflow could not be signalled (%s)",
+                    decision.connection_id,
+                    res,
+                )
+                self._holders.pop(decision.connection_id, None)
 
     async def _reply(self, workflow_id: str, decision: SlotDecision) -> None:
         handle = workflow.get_external_workflow_handle(workflow_id)

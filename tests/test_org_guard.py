@@ -1,0 +1,250 @@
+"""OrgGuardWorkflow on the real dev server (started with
+limit.historyCount.suggestContinueAsNew=50, so the guard continues as new often)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.testing import WorkflowEnvironment
+
+from sandbox.binaries import temporal_cli_path
+from settings import Settings
+from tests.fakes import CountingGuardActivities, FakeActivities, FakeWorld
+from tests.guard_requester import GuardRequester
+from tests.wfutil import make_input, query, save_history, start, uid, wait_status
+from worker import build_worker
+from workflows.contracts import (
+    QUERY_USAGE,
+    SIGNAL_ACQUIRE,
+    SIGNAL_DELETE,
+    SIGNAL_RELEASE,
+    SIGNAL_SET_LIMIT,
+    AcquireRequest,
+    GuardUsage,
+    OrgGuardInput,
+    ReleaseRequest,
+    SetLimitRequest,
+    SlotDecision,
+    org_guard_workflow_id,
+)
+from workflows.org_guard import OrgGuardWorkflow
+
+
+class Env:
+    def __init__(self, client: Client, world: FakeWorld, task_queue: str) -> None:
+        self.client = client
+        self.world = world
+        self.task_queue = task_queue
+
+    async def usage(self, org: str) -> GuardUsage:
+        handle = self.client.get_workflow_handle(org_guard_workflow_id(org))
+        usage: GuardUsage = await handle.query(QUERY_USAGE, result_type=GuardUsage)
+        return usage
+
+    async def guard(
+        self, org: str, limit: int = 2, leak_seconds: float = 300, max_history: int = 10_000
+    ) -> WorkflowHandle:
+        return await self.client.start_workflow(
+            OrgGuardWorkflow.run,
+            OrgGuardInput(
+                org_id=org,
+                limit=limit,
+                leak_check_interval=timedelta(seconds=leak_seconds),
+                max_history_events=max_history,
+            ),
+            id=org_guard_workflow_id(org),
+            task_queue=self.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+
+
+@pytest.fixture
+async def env(temporal_client: Client, tmp_path: Path) -> AsyncIterator[Env]:
+    world = FakeWorld(tmp_path / "world.db")
+    tq = uid("tq")
+    worker = build_worker(
+        temporal_client,
+        Settings(),
+        task_queue=tq,
+        extra_workflows=[GuardRequester],
+        activities=[
+            FakeActivities(world),
+            # leak check every second so the leak-repair test is quick
+            CountingGuardActivities(world, temporal_client, tq, 1),
+        ],
+    )
+    async with worker:
+        yield Env(temporal_client, world, tq)
+
+
+async def test_ten_concurrent_creates_admit_exactly_the_limit(env: Env) -> None:
+    org, other = uid("org"), uid("org")
+    handles = await asyncio.gather(
+        *(start(env.client, make_input(org, f"{org}-c{i}"), env.task_queue) for i in range(10))
+    )
+    others = await asyncio.gather(
+        *(start(env.client, make_input(other, f"{other}-c{i}"), env.task_queue) for i in range(2))
+    )
+    finals = []
+    for h in handles:
+        for _ in range(300):
+            st = await query(h)
+            if st.status.value in ("Active", "Rejected"):
+                break
+            await asyncio.sleep(0.1)
+        finals.append(st)
+    active = [s for s in finals if s.status.value == "Active"]
+    rejected = [s for s in finals if s.status.value == "Rejected"]
+    assert len(active) == 2
+    assert len(rejected) == 8
+    for s in rejected:
+        assert s.reason == "LIMIT_REACHED"
+        assert "2 of its 2" in s.message
+        assert f"privnet limits set --org {org}" in s.message
+        assert env.world.effects(s.connection_id) == []  # nothing was provisioned
+    usage = await env.usage(org)
+    assert usage.usage == 2
+    assert sorted(usage.holders) == sorted(s.connection_id for s in active)
+    for h in others:  # other orgs unaffected
+        await wait_status(h, "Active")
+
+    # Delete one Active → a new create is admitted and reaches Active.
+    victim = next(h for h, s in zip(handles, finals, strict=True) if s.status.value == "Active")
+    await victim.signal(SIGNAL_DELETE)
+    assert (await victim.result()).status.value == "Deleted"
+    newcomer = await start(env.client, make_input(org, f"{org}-c-new"), env.task_queue)
+    await wait_status(newcomer, "Active")
+    assert (await env.usage(org)).usage == 2
+    await save_history(victim, "connection_admitted_then_deleted")
+    rejected_handle = next(
+        h for h, s in zip(handles, finals, strict=True) if s.status.value == "Rejected"
+    )
+    await save_history(rejected_handle, "connection_rejected")
+
+
+async def test_set_limit_raises_and_lowering_revokes_nothing(env: Env) -> None:
+    org = uid("org")
+    guard = await env.guard(org, limit=2)
+    hs = [await start(env.client, make_input(org, f"{org}-c{i}"), env.task_queue) for i in range(2)]
+    for h in hs:
+        await wait_status(h, "Active")
+    third = await start(env.client, make_input(org, f"{org}-c2"), env.task_queue)
+    assert (await third.result()).status.value == "Rejected"
+
+    await guard.signal(SIGNAL_SET_LIMIT, SetLimitRequest(limit=3))
+    third_again = await start(env.client, make_input(org, f"{org}-c3"), env.task_queue)
+    await wait_status(third_again, "Active")
+    assert (await env.usage(org)).usage == 3
+
+    await guard.signal(SIGNAL_SET_LIMIT, SetLimitRequest(limit=1))
+    fourth = await start(env.client, make_input(org, f"{org}-c4"), env.task_queue)
+    result = await fourth.result()
+    assert result.status.value == "Rejected"
+    assert "3 of its 1" in result.message
+    usage = await env.usage(org)
+    assert (usage.usage, usage.limit) == (3, 1)  # nothing revoked
+    for h in [*hs, third_again]:
+        assert (await query(h)).status.value == "Active"
+
+
+async def test_300_acquire_release_cycles_across_continue_as_new(env: Env) -> None:
+    org = uid("org")
+    # The server suggests continue-as-new at 50 events (conftest); max_history is the
+    # guard's own backstop.
+    guard = await env.guard(org, limit=1, max_history=150)
+    first_run = (await guard.describe()).run_id
+    requester = await env.client.start_workflow(
+        GuardRequester.run, id=uid("requester"), task_queue=env.task_queue
+    )
+    for i in range(300):
+        await guard.signal(
+            SIGNAL_ACQUIRE, AcquireRequest(connection_id=f"c{i}", workflow_id=requester.id)
+        )
+        await guard.signal(SIGNAL_RELEASE, ReleaseRequest(connection_id=f"c{i}"))
+    # A burst: 20 acquires at once with limit 5 admit exactly 5.
+    await guard.signal(SIGNAL_SET_LIMIT, SetLimitRequest(limit=5))
+    await asyncio.gather(
+        *(
+            guard.signal(
+                SIGNAL_ACQUIRE, AcquireRequest(connection_id=f"b{i}", workflow_id=requester.id)
+            )
+            for i in range(20)
+        )
+    )
+    decisions: list[SlotDecision] = []
+    for _ in range(300):
+        decisions = await requester.query(GuardRequester.received)
+        if len(decisions) == 320:
+            break
+        await asyncio.sleep(0.1)
+    assert len(decisions) == 320, "a signal or decision was dropped"
+    cycles = [d for d in decisions if d.connection_id.startswith("c")]
+    assert len({d.connection_id for d in cycles}) == 300
+    assert all(d.granted for d in cycles), "a released slot was lost"
+    burst = [d for d in decisions if d.connection_id.startswith("b")]
+    assert sum(d.granted for d in burst) == 5
+    usage = await env.usage(org)
+    assert usage.usage == 5 and sorted(usage.holders) == sorted(
+        d.connection_id for d in burst if d.granted
+    )
+    # The guard continued as new (several runs), carrying its state across.
+    runs: list[str] = []
+    for _ in range(50):  # visibility is eventually consistent
+        runs = [r.run_id async for r in env.client.list_workflows(f"WorkflowId = '{guard.id}'")]
+        if len(runs) > 3:
+            break
+        await asyncio.sleep(0.1)
+    assert len(runs) > 3 and first_run in runs
+    # Replay fixtures: the first run (ends in continue-as-new) and the current one.
+    await save_history(
+        env.client.get_workflow_handle(guard.id, run_id=first_run), "guard_first_run"
+    )
+    await requester.signal(GuardRequester.finish)
+    await requester.result()
+
+
+async def test_terminated_holder_is_released_by_leak_repair(
+    env: Env, temporal_env: WorkflowEnvironment
+) -> None:
+    org = uid("org")
+    await env.guard(org, limit=1, leak_seconds=1)
+    holder = await start(env.client, make_input(org, f"{org}-c0"), env.task_queue)
+    await wait_status(holder, "Active")
+    blocked = await start(env.client, make_input(org, f"{org}-c1"), env.task_queue)
+    assert (await blocked.result()).status.value == "Rejected"
+
+    # An operator terminates the holder from the CLI: no compensation runs.
+    target = temporal_env.client.service_client.config.target_host
+    await asyncio.to_thread(
+        subprocess.run,
+        [
+            temporal_cli_path(),
+            "workflow",
+            "terminate",
+            "--address",
+            target,
+            "--workflow-id",
+            holder.id,
+            "--reason",
+            "test: operator terminate",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    for _ in range(100):
+        if (await env.usage(org)).usage == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert (await env.usage(org)).usage == 0
+    admitted = await start(env.client, make_input(org, f"{org}-c2"), env.task_queue)
+    await wait_status(admitted, "Active")
+    await save_history(
+        env.client.get_workflow_handle(org_guard_workflow_id(org)), "guard_leak_repair"
+    )

@@ -1,0 +1,441 @@
+"""Provable isolation between organizations.
+
+An *oracle* — a small, independent evaluator of Cilium's egress semantics — answers
+"may a pod (namespace + labels) reach IP x on TCP port p" for a set of rendered policies:
+
+* a policy (namespaced ``CiliumNetworkPolicy`` or ``CiliumClusterwideNetworkPolicy``)
+  applies to a pod when its ``endpointSelector`` selects the pod's identity (its labels as
+  ``k8s:<key>`` plus ``k8s:io.kubernetes.pod.namespace``); a namespaced policy only ever
+  selects pods of its own namespace; an empty selector selects every pod in scope;
+* a pod selected by any policy with an ``egress``/``egressDeny`` section is in default-deny
+  egress; a pod selected by none may go anywhere;
+* allow rules are additive across rules and policies; ``egressDeny`` beats every allow;
+* within a rule: L3 = ``toCIDR`` ∪ ``toCIDRSet`` (each with its own ``except``) ∪
+  ``toEntities`` world/all; a rule with *no* L3 selector matches every destination; L4
+  ``toPorts`` (absent = every port; port "0"/absent = every port; protocol TCP/ANY/absent
+  matches TCP); ``toEndpoints`` selects pods, never external IPs.
+
+The property: for random organizations, connections, endpoint IPs and destinations
+(own endpoint IPs, other orgs' endpoint IPs, unallocated private IPs, public addresses),
+a pod of org A in a task namespace reaches x on port p **iff** x is one of A's endpoint
+IPs (and p is allowed by that connection's ports) or x is public.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from activities.policy import render_baseline_policy, render_connection_policy
+
+LABEL_KEY = "privnet.dev/org-id"
+NS_LABEL = "k8s:io.kubernetes.pod.namespace"
+ISOLATION_EXAMPLES = (
+    10_000 if os.environ.get("PRIVNET_HYPOTHESIS_PROFILE") == "thorough" else 2_000
+)
+
+# Independent of activities.policy.PRIVATE_RANGES on purpose: the oracle's notion of
+# "private" must not be taken from the code under test.
+PRIVATE = [
+    ipaddress.IPv4Network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16")
+]
+
+
+def is_private(ip: str) -> bool:
+    addr = ipaddress.IPv4Address(ip)
+    return any(addr in n for n in PRIVATE)
+
+
+# --------------------------------------------------------------------------- the oracle
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def identity(self) -> dict[str, str]:
+        ident = {f"k8s:{k}": v for k, v in self.labels.items()}
+        ident[NS_LABEL] = self.namespace
+        return ident
+
+
+def _label(ident: Mapping[str, str], key: str) -> str | None:
+    """Cilium label lookup: ``src:key`` matches that source; a bare key (or ``any:``)
+    matches any source."""
+    if key.startswith("any:"):
+        key = key[4:]
+    if ":" in key.split("/")[0]:
+        return ident.get(key)
+    for k, v in ident.items():
+        if k.split(":", 1)[-1] == key:
+            return v
+    return None
+
+
+def selects(selector: Mapping[str, Any], ident: Mapping[str, str]) -> bool:
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if _label(ident, key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        have = _label(ident, expr["key"])
+        values = set(expr.get("values") or [])
+        ok = {
+            "In": have is not None and have in values,
+            "NotIn": have is None or have not in values,
+            "Exists": have is not None,
+            "DoesNotExist": have is None,
+        }[expr["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+_addr = cache(ipaddress.IPv4Address)
+
+
+@cache
+def _net(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(cidr, strict=False)
+
+
+def _in(ip: ipaddress.IPv4Address, cidr: str) -> bool:
+    return ip in _net(cidr)
+
+
+def l3_matches(rule: Mapping[str, Any], ip: str) -> bool:
+    addr = _addr(ip)
+    l3_keys = ("toCIDR", "toCIDRSet", "toEndpoints", "toEntities", "toFQDNs", "toServices",
+               "toGroups", "toNodes")
+    if not any(k in rule for k in l3_keys):
+        return True  # L4-only (or empty) rule: every destination
+    if any(_in(addr, c) for c in rule.get("toCIDR") or []):
+        return True
+    for s in rule.get("toCIDRSet") or []:
+        if _in(addr, s["cidr"]) and not any(_in(addr, e) for e in s.get("except") or []):
+            return True
+    entities = set(rule.get("toEntities") or [])
+    return bool(entities & {"all", "world", "world-ipv4"})
+
+
+def l4_matches(rule: Mapping[str, Any], port: int) -> bool:
+    port_rules = rule.get("toPorts")
+    if not port_rules:
+        return True
+    for pr in port_rules:
+        entries = pr.get("ports") or [{}]
+        for e in entries:
+            proto_ok = e.get("protocol", "ANY") in ("TCP", "ANY", "")
+            p = e.get("port", "0")
+            end = e.get("endPort")
+            port_ok = p in ("0", "") or (
+                int(p) <= port <= int(end) if end else int(p) == port
+            )
+            if proto_ok and port_ok:
+                return True
+    return False
+
+
+def _specs(policy: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    specs = list(policy.get("specs") or [])
+    if "spec" in policy:
+        specs.append(policy["spec"])
+    return specs
+
+
+def applicable_specs(policies: Iterable[Mapping[str, Any]], pod: Pod) -> list[Mapping[str, Any]]:
+    ident = pod.identity()
+    result = []
+    for policy in policies:
+        if policy["kind"] == "CiliumNetworkPolicy":
+            if policy["metadata"]["namespace"] != pod.namespace:
+                continue
+        elif policy["kind"] != "CiliumClusterwideNetworkPolicy":
+            raise AssertionError(f"not a Cilium policy: {policy['kind']}")
+        for spec in _specs(policy):
+            if "endpointSelector" in spec and selects(spec["endpointSelector"], ident):
+                result.append(spec)
+    return result
+
+
+def may_reach(policies: Iterable[Mapping[str, Any]], pod: Pod, ip: str, port: int) -> bool:
+    """Cilium's egress verdict for ``pod`` → external ``ip``:``port``/TCP."""
+    return verdict(applicable_specs(policies, pod), ip, port)
+
+
+def verdict(specs: list[Mapping[str, Any]], ip: str, port: int) -> bool:
+    """The egress verdict given the policy specs that apply to the source pod."""
+    default_deny = any(
+        ("egress" in s or "egressDeny" in s)
+        and (s.get("enableDefaultDeny") or {}).get("egress", True)
+        for s in specs
+    )
+    for s in specs:
+        for rule in s.get("egressDeny") or []:
+            if l3_matches(rule, ip) and l4_matches(rule, port):
+                return False
+    if not default_deny:
+        return True
+    return any(
+        l3_matches(rule, ip) and l4_matches(rule, port)
+        for s in specs
+        for rule in s.get("egress") or []
+    )
+
+
+# --------------------------------------------------------------------------- worlds
+
+
+@dataclass
+class Connection:
+    org: str
+    connection_id: str
+    ips: list[str]
+    ports: list[int]
+
+
+@dataclass
+class World:
+    namespaces: list[str]
+    connections: list[Connection]
+    # extra destinations beyond the endpoint IPs: unallocated private and public IPs
+    extra_ips: list[str]
+    probe_ports: list[int]
+
+    @property
+    def orgs(self) -> list[str]:
+        return sorted({c.org for c in self.connections})
+
+    def policies(self) -> list[dict[str, Any]]:
+        result = [render_baseline_policy(self.namespaces, LABEL_KEY)]
+        for c in self.connections:
+            for ns in self.namespaces:
+                result.append(
+                    render_connection_policy(
+                        c.org, c.connection_id, c.ips, c.ports, namespace=ns, label_key=LABEL_KEY
+                    )
+                )
+        return result
+
+    def expected(self, org: str | None, ip: str, port: int) -> bool:
+        """The promise: own endpoint IPs (on the connection's ports) and the internet."""
+        if not is_private(ip):
+            return True
+        return any(
+            c.org == org and ip in c.ips and (not c.ports or port in c.ports)
+            for c in self.connections
+        )
+
+
+def violations(world: World, policies: list[dict[str, Any]] | None = None) -> list[str]:
+    """Every (pod, destination) where the oracle's verdict breaks the promise."""
+    policies = world.policies() if policies is None else policies
+    destinations = [ip for c in world.connections for ip in c.ips] + world.extra_ips
+    found = []
+    pods: list[tuple[str | None, Pod]] = [
+        (org, Pod(ns, {LABEL_KEY: org})) for org in world.orgs for ns in world.namespaces
+    ]
+    pods += [(None, Pod(ns, {"app": "task"})) for ns in world.namespaces]  # no org label
+    for org, pod in pods:
+        specs = applicable_specs(policies, pod)
+        for ip in destinations:
+            for port in world.probe_ports:
+                got = verdict(specs, ip, port)
+                if got != world.expected(org, ip, port):
+                    found.append(f"{pod} -> {ip}:{port} allowed={got}")
+    return found
+
+
+_org_ids = st.sampled_from(["acme", "globex", "initech", "umbrella", "org-1", "a", "x.y_z"])
+_ports = st.integers(1, 65535)
+
+
+def _private_ip(draw: st.DrawFn) -> str:
+    net = draw(st.sampled_from(PRIVATE[:4]))  # endpoint IPs: never link-local
+    offset = draw(st.integers(1, net.num_addresses - 2))
+    return str(net.network_address + offset)
+
+
+def _unused(ip: str, used: set[str]) -> str:
+    """``ip`` or the next free host address of its private range (ENI IPs are unique)."""
+    addr = ipaddress.IPv4Address(ip)
+    net = next(n for n in PRIVATE if addr in n)
+    while str(addr) in used or addr in (net.network_address, net.broadcast_address):
+        addr = addr + 1 if addr + 1 < net.broadcast_address else net.network_address + 1
+    return str(addr)
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> World:
+    namespaces = draw(
+        st.lists(st.sampled_from(["tasks", "batch", "jobs"]), min_size=1, max_size=2, unique=True)
+    )
+    orgs = draw(st.lists(_org_ids, min_size=1, max_size=3, unique=True))
+    used: set[str] = set()
+    connections = []
+    for i in range(draw(st.integers(1, 4))):
+        ips = []
+        for _ in range(draw(st.integers(1, 3))):
+            ip = _unused(_private_ip(draw), used)
+            used.add(ip)
+            ips.append(ip)
+        ports = draw(st.lists(_ports, max_size=2, unique=True))
+        connections.append(Connection(draw(st.sampled_from(orgs)), f"c{i}", ips, ports))
+    extra = [_private_ip(draw) for _ in range(draw(st.integers(0, 2)))]
+    extra.append(str(draw(st.ip_addresses(v=4))))  # anything: public, reserved, private
+    if draw(st.booleans()):
+        extra.append(str(draw(st.sampled_from(PRIVATE)).network_address + 1))
+    probe = sorted({p for c in connections for p in c.ports} | {draw(_ports)})
+    return World(namespaces, connections, extra, probe)
+
+
+# --------------------------------------------------------------------------- the property
+
+
+@settings(max_examples=ISOLATION_EXAMPLES)
+@given(worlds())
+def test_an_org_reaches_exactly_its_own_endpoints_and_the_internet(world: World) -> None:
+    assert violations(world) == []
+
+
+# --------------------------------------------------------------------------- fixed cases
+
+WORLD = World(
+    namespaces=["tasks"],
+    connections=[
+        Connection("acme", "db", ["10.0.1.10", "10.0.2.10"], [5432]),
+        Connection("acme", "api", ["10.0.1.11"], []),
+        Connection("globex", "db", ["172.16.0.20"], []),
+    ],
+    extra_ips=["10.9.9.9", "192.168.1.1", "100.64.0.5", "169.254.169.254", "8.8.8.8"],
+    probe_ports=[443, 5432],
+)
+
+
+def test_fixed_world_verdicts() -> None:
+    policies = WORLD.policies()
+    acme = Pod("tasks", {LABEL_KEY: "acme"})
+    globex = Pod("tasks", {LABEL_KEY: "globex"})
+    assert may_reach(policies, acme, "10.0.1.10", 5432)
+    assert not may_reach(policies, acme, "10.0.1.10", 443)  # the connection's ports only
+    assert may_reach(policies, acme, "10.0.1.11", 443)
+    assert not may_reach(policies, acme, "172.16.0.20", 443)  # globex's endpoint
+    assert may_reach(policies, globex, "172.16.0.20", 443)
+    assert not may_reach(policies, globex, "10.0.1.11", 443)  # acme's endpoint
+    assert may_reach(policies, acme, "8.8.8.8", 443)
+    assert not may_reach(policies, acme, "169.254.169.254", 80)  # instance metadata
+    assert violations(WORLD) == []
+
+
+def test_a_task_pod_without_the_org_label_reaches_no_private_ip() -> None:
+    policies = WORLD.policies()
+    unlabelled = Pod("tasks", {"app": "task"})
+    for ip in [ip for c in WORLD.connections for ip in c.ips] + WORLD.extra_ips:
+        assert may_reach(policies, unlabelled, ip, 443) == (not is_private(ip)), ip
+    # A pod labelled with an org that has no connection is no different.
+    stranger = Pod("tasks", {LABEL_KEY: "nobody"})
+    assert not any(may_reach(policies, stranger, ip, 5432) for c in WORLD.connections
+                   for ip in c.ips)
+
+
+def test_policies_are_scoped_to_their_namespace() -> None:
+    policies = World(["tasks", "batch"], WORLD.connections, [], [443]).policies()
+    only_tasks = [p for p in policies if p["metadata"].get("namespace") != "batch"]
+    acme_in_batch = Pod("batch", {LABEL_KEY: "acme"})
+    assert may_reach(policies, acme_in_batch, "10.0.1.11", 443)
+    assert not may_reach(only_tasks, acme_in_batch, "10.0.1.11", 443)
+
+
+def test_pods_outside_the_task_namespaces_are_not_touched() -> None:
+    policies = WORLD.policies()
+    assert may_reach(policies, Pod("monitoring", {"app": "prom"}), "10.0.1.10", 9090)
+
+
+# --------------------------------------------------------------------------- the oracle bites
+
+
+def _broken(mutate: Any) -> list[dict[str, Any]]:
+    policies = copy.deepcopy(WORLD.policies())
+    mutate(policies)
+    return policies
+
+
+def _connection_policy(policies: list[dict[str, Any]], org: str, conn: str) -> dict[str, Any]:
+    (p,) = [
+        p for p in policies
+        if p["kind"] == "CiliumNetworkPolicy"
+        and p["metadata"]["labels"]["privnet.dev/org-id"] == org
+        and p["metadata"]["labels"]["privnet.dev/connection-id"] == conn
+    ]
+    return p
+
+
+def _baseline(policies: list[dict[str, Any]]) -> dict[str, Any]:
+    (p,) = [p for p in policies if p["kind"] == "CiliumClusterwideNetworkPolicy"]
+    return p
+
+
+BROKEN = {
+    "a /8 instead of /32s": lambda ps: _connection_policy(ps, "acme", "api")["spec"]["egress"][0]
+    .update(toCIDR=["10.0.0.0/8"]),
+    "selector without the org label": lambda ps: _connection_policy(ps, "globex", "db")["spec"]
+    .update(endpointSelector={}),
+    "selector on another label": lambda ps: _connection_policy(ps, "globex", "db")["spec"]
+    .update(endpointSelector={"matchLabels": {"app": "task"}}),
+    "rule without L3 (ports only)": lambda ps: _connection_policy(ps, "acme", "db")["spec"]
+    ["egress"][0].pop("toCIDR"),
+    "baseline without except": lambda ps: _baseline(ps)["spec"]["egress"][0]["toCIDRSet"][0]
+    .pop("except"),
+    "baseline missing 100.64.0.0/10": lambda ps: _baseline(ps)["spec"]["egress"][0]["toCIDRSet"]
+    [0]["except"].remove("100.64.0.0/10"),
+    "baseline selecting by org label": lambda ps: _baseline(ps)["spec"].update(
+        endpointSelector={"matchExpressions": [{"key": LABEL_KEY, "operator": "Exists"}]}
+    ),
+    "no baseline": lambda ps: ps.remove(_baseline(ps)),
+    "baseline as egressDeny": lambda ps: _baseline(ps)["spec"].update(
+        egress=[{"toCIDR": ["0.0.0.0/0"]}],
+        egressDeny=[{"toCIDR": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]}],
+    ),
+    "policy in the wrong namespace": lambda ps: _connection_policy(ps, "acme", "api")["metadata"]
+    .update(namespace="other"),
+}
+
+
+@pytest.mark.parametrize("mutate", list(BROKEN.values()), ids=list(BROKEN))
+def test_the_oracle_catches_a_broken_policy_set(mutate: Any) -> None:
+    assert violations(WORLD) == []
+    assert violations(WORLD, _broken(mutate)) != []
+
+
+def test_deny_rules_beat_allows_in_the_oracle() -> None:
+    """Why the baseline must not use egressDeny: no per-org /32 could open."""
+    policies = _broken(BROKEN["baseline as egressDeny"])
+    assert not may_reach(policies, Pod("tasks", {LABEL_KEY: "acme"}), "10.0.1.11", 443)
+
+
+@given(worlds(), st.data())
+def test_the_property_fails_when_one_policy_is_widened(world: World, data: st.DataObject) -> None:
+    """Widen one rendered /32 to its /16 and put another private destination in that /16:
+    the isolation check reports a violation every time."""
+    policies = world.policies()
+    victim = data.draw(st.sampled_from([p for p in policies if p["kind"] == "CiliumNetworkPolicy"]))
+    host = victim["spec"]["egress"][0]["toCIDR"][0].split("/")[0]
+    wide = ipaddress.IPv4Network(f"{host}/16", strict=False)
+    victim["spec"]["egress"][0]["toCIDR"].append(str(wide))
+    org = victim["metadata"]["labels"]["privnet.dev/org-id"]
+    own = {ip for c in world.connections if c.org == org for ip in c.ips}
+    neighbour = next(
+        str(a) for a in (wide.network_address + k for k in range(1, 300)) if str(a) not in own
+    )
+    world.extra_ips.append(neighbour)
+    assert violations(world, policies) != []

@@ -140,9 +140,8 @@ def activities_of(*objects: object) -> list[Callable[..., Any]]:
 def real_activities(client: Client, settings: Settings) -> list[object]:
     """The production activity classes, built from settings."""
     from activities.aws import AwsActivities
-    from activities.kubernetes import KubernetesActivities
-
     from activities.guard import GuardActivities
+    from activities.kubernetes import KubernetesActivities
     from activities.store import Store, StoreActivities
 
     store = Store.from_settings(settings)

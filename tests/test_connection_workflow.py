@@ -313,7 +313,8 @@ async def test_drift_repair_reapplies_a_deleted_policy_and_follows_ip_changes(en
     env.world.set(f"endpoint:{conn}", ep)
     for _ in range(100):
         state = await query(handle)
-        if state.ips == ["10.1.0.99", "10.1.1.10"] and env.world.get(f"policy:tasks:{conn}"):
+        repaired = any("drift repaired" in r.detail for r in env.world.statuses(conn))
+        if state.ips == ["10.1.0.99", "10.1.1.10"] and repaired:
             break
         await asyncio.sleep(0.1)
     assert env.world.get(f"policy:tasks:{conn}")["ips"] == ["10.1.0.99", "10.1.1.10"]

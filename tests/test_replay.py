@@ -1,0 +1,48 @@
+"""Replay every recorded history (tests/histories/*.json) against the current workflow
+code: a change that would break running workflows fails here.
+
+Fixtures are recorded by running the workflow tests with PRIVNET_RECORD_HISTORIES=1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from tests.guard_requester import GuardRequester
+from worker import WORKFLOWS
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+EXPECTED = {
+    "connection_happy_then_delete",
+    "connection_fail_step1",
+    "connection_fail_step2",
+    "connection_fail_step3",
+    "connection_fail_step4",
+    "connection_fail_step5",
+    "connection_cancel_signal",
+    "connection_temporal_cancel",
+    "connection_acceptance",
+    "connection_rejected",
+    "connection_admitted_then_deleted",
+    "guard_first_run",
+    "guard_leak_repair",
+}
+
+
+def test_every_path_has_a_fixture() -> None:
+    assert EXPECTED <= {p.stem for p in HISTORIES}
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+async def test_replay(path: Path) -> None:
+    replayer = Replayer(
+        workflows=[*WORKFLOWS, GuardRequester], data_converter=pydantic_data_converter
+    )
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
+    assert result.replay_failure is None

@@ -475,7 +475,13 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    sys.exit(run())
+    code = run()
+    # Exit without interpreter finalization: the Temporal client's Rust runtime threads can
+    # call back into Python while it finalizes ("PyGILState_Release ... must be current"),
+    # which aborts the process after the command has already succeeded or failed cleanly.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ class KubernetesActivities:
         label_key: str = DEFAULT_ORG_LABEL_KEY,
         *,
         conflict_retries: int = 5,
+        conflict_backoff: float = 0.05,
     ) -> None:
         self.api_client = api_client
         self.custom = client.CustomObjectsApi(api_client)
@@ -95,6 +96,7 @@ class KubernetesActivities:
             raise ValueError(e.message) from None
         self.label_key = label_key
         self.conflict_retries = conflict_retries
+        self.conflict_backoff = conflict_backoff  # seconds; doubles per attempt, max 10x
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KubernetesActivities:
@@ -246,7 +248,7 @@ class KubernetesActivities:
                 return True
             except _Conflict:
                 # Someone else wrote in between (or created it first): read again.
-                time.sleep(min(0.05 * 2**attempt, 0.5))
+                time.sleep(min(self.conflict_backoff * 2**attempt, 10 * self.conflict_backoff))
         raise ApplicationError(
             f"policy {name} in {where} kept changing under us ({self.conflict_retries + 1} "
             "conflicting writes); will retry",

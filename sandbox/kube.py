@@ -493,6 +493,7 @@ class RecordedRequest:
     status: int = 0
 
 
+_WRITE_VERBS = {"POST": "create", "PUT": "replace", "PATCH": "patch", "DELETE": "delete"}
 Key = tuple[str, str | None, str]  # (plural, namespace or None, name)
 
 
@@ -583,7 +584,9 @@ class SandboxKube:
         with self._lock:
             return [
                 copy.deepcopy(o)
-                for (plural, ns, _), o in sorted(self._objects.items(), key=lambda kv: kv[0][1:])
+                for (plural, ns, _), o in sorted(
+                    self._objects.items(), key=lambda kv: (kv[0][1] or "", kv[0][2])
+                )
                 if plural == CNP.plural and (namespace is None or ns == namespace)
             ]
 
@@ -660,6 +663,10 @@ class SandboxKube:
         hook = self.on_request
         if hook is not None:
             hook(method, path)
+        write = _WRITE_VERBS.get(method)
+        if write is not None:
+            with self._lock:
+                self.writes[write] += 1
         try:
             code = self._take_injected(method, path)
             if code is not None:
@@ -812,7 +819,6 @@ class SandboxKube:
                            "resourceVersion should not be set on objects to be created")
         key: Key = (rt.plural, namespace, meta["name"])
         with self._lock:
-            self.writes["create"] += 1
             if key in self._objects:
                 raise ApiError(409, "AlreadyExists",
                                f'{rt.plural}.{rt.group} "{meta["name"]}" already exists',
@@ -860,7 +866,6 @@ class SandboxKube:
     def _replace(self, rt: ResourceType, namespace: str | None, name: str, body: Any
                  ) -> dict[str, Any]:
         with self._lock:
-            self.writes["replace"] += 1
             if (rt.plural, namespace, name) not in self._objects:
                 raise self._not_found(rt, name)
             rv = body.get("metadata", {}).get("resourceVersion") if isinstance(body, dict) else None
@@ -870,7 +875,6 @@ class SandboxKube:
                content_type: str) -> dict[str, Any]:
         ctype = content_type.split(";")[0].strip().lower()
         with self._lock:
-            self.writes["patch"] += 1
             current = self._objects.get((rt.plural, namespace, name))
             if current is None:
                 raise self._not_found(rt, name)
@@ -893,7 +897,6 @@ class SandboxKube:
 
     def _delete(self, rt: ResourceType, namespace: str | None, name: str) -> dict[str, Any]:
         with self._lock:
-            self.writes["delete"] += 1
             obj = self._objects.pop((rt.plural, namespace, name), None)
             if obj is None:
                 raise self._not_found(rt, name)
@@ -961,12 +964,12 @@ def main(argv: list[str] | None = None) -> None:
     namespaces = list(DEFAULT_NAMESPACES)
     if args.namespaces:
         namespaces = sorted(set(args.namespaces) | {"default", "kube-system"})
-    kube = SandboxKube(namespaces)
-    url = kube.start(port=args.port, host=args.host)
-    print(json.dumps({"kube_url": url}), flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    kube = SandboxKube(namespaces)
+    url = kube.start(port=args.port, host=args.host)
+    print(json.dumps({"kube_url": url}), flush=True)
     stop.wait()
     kube.stop()
 

@@ -912,6 +912,7 @@ class _Handler(BaseHTTPRequestHandler):
     kube: SandboxKube
     protocol_version = "HTTP/1.1"
     server_version = "privnet-sandbox-kube/1"
+    disable_nagle_algorithm = True  # else keep-alive requests wait ~40 ms for delayed ACKs
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
         pass

@@ -25,6 +25,7 @@ tests/test_sandbox_aws.py):
 | 7 | Cross-Region: `ServiceRegion` must be the service's Region and the consumer Region one of the service's SupportedRegions; without `ServiceRegion` a remote service is not found; the provider's AZs are not checked against the consumer's subnets | PrivateLink guide "Cross-Region connectivity"; CreateVpcEndpoint ServiceRegion; DescribeVpcEndpointServices ServiceRegions | test_cross_region_create, test_cross_region_requires_supported_region |
 | 8 | ClientToken: same token + same parameters → the same endpoint; different parameters → `IdempotentParameterMismatch` | EC2 "Ensuring idempotency" | test_client_token_idempotency |
 | 9 | States: `pending` → `available` after a delay; with acceptance required `pendingAcceptance` until the owner calls AcceptVpcEndpointConnections (→ `pending` → `available`) or RejectVpcEndpointConnections (→ `rejected`); only the owner may accept | PrivateLink guide "Accept or reject connection requests"; VpcEndpoint State enum | test_state_transitions_with_delay, test_acceptance_accept, test_acceptance_reject |
+| 9b | DescribeVpcEndpointConnections shows the owner every endpoint of its services (owner account, state, Region), filterable by service-id / vpc-endpoint-state | EC2 API DescribeVpcEndpointConnections | test_acceptance_accept |
 | 10 | DeleteVpcEndpoints: `deleting` → `deleted`, then the endpoint disappears (DescribeVpcEndpoints by id → `InvalidVpcEndpointId.NotFound`); unknown ids come back in `Unsuccessful` | EC2 API DeleteVpcEndpoints; eventual consistency of deleted resources | test_delete_transitions, test_delete_unknown_id_is_unsuccessful |
 | 11 | One requester-managed ENI per subnet (interface type `vpc_endpoint`, description "VPC Endpoint Interface <id>"), private IP inside the subnet CIDR, never one of the 4 first addresses AWS reserves; DescribeNetworkInterfaces works; ENIs go away with the endpoint | VPC guide "Subnet CIDR blocks" (reserved addresses); PrivateLink "endpoint network interfaces" | test_enis_inside_subnet_cidr |
 | 12 | DnsEntries: a Regional name plus one zonal name per AZ | PrivateLink guide "DNS names for interface endpoints" | test_enis_inside_subnet_cidr |
@@ -473,6 +474,38 @@ def _connection_decision(self: Any, accept: bool) -> Any:
     return ActionResult({"Unsuccessful": unsuccessful})
 
 
+def _h_describe_vpc_endpoint_connections(self: Any) -> Any:
+    """The owner's view of the endpoints connected to its services (Filters: service-id,
+    vpc-endpoint-id, vpc-endpoint-state, vpc-endpoint-owner)."""
+    from moto.core.responses import ActionResult
+
+    filters = self._filters_from_querystring() or {}
+    with _LOCK:
+        mine = {cfg.service_name: cfg for cfg in self.ec2_backend.configurations.values()}
+        rows = []
+        for acct, reg, backend in _existing_backends():
+            _sweep(backend)
+            for ep in list(backend.vpc_end_points.values()):
+                cfg = mine.get(ep.service_name)
+                if cfg is None or getattr(ep, "_pl", None) is None:
+                    continue
+                row = {
+                    "ServiceId": cfg.id, "VpcEndpointId": ep.id, "VpcEndpointOwner": acct,
+                    "VpcEndpointState": ep.state, "CreationTimestamp": ep.creation_timestamp,
+                    "DnsEntries": ep.dns_entries, "IpAddressType": "ipv4",
+                    "NetworkLoadBalancerArns": list(cfg.network_load_balancer_arns),
+                    "VpcEndpointRegion": reg,
+                }
+                wanted = {
+                    "service-id": row["ServiceId"], "vpc-endpoint-id": row["VpcEndpointId"],
+                    "vpc-endpoint-state": row["VpcEndpointState"],
+                    "vpc-endpoint-owner": row["VpcEndpointOwner"],
+                }
+                if all(wanted.get(k) in v for k, v in filters.items() if k in wanted):
+                    rows.append(row)
+    return ActionResult({"VpcEndpointConnections": rows})
+
+
 def _h_accept_vpc_endpoint_connections(self: Any) -> Any:
     return _connection_decision(self, True)
 
@@ -488,6 +521,7 @@ _PATCHES: dict[str, Callable[..., Any]] = {
     "create_vpc_endpoint": _h_create_vpc_endpoint,
     "describe_vpc_endpoints": _h_describe_vpc_endpoints,
     "delete_vpc_endpoints": _h_delete_vpc_endpoints,
+    "describe_vpc_endpoint_connections": _h_describe_vpc_endpoint_connections,
     "accept_vpc_endpoint_connections": _h_accept_vpc_endpoint_connections,
     "reject_vpc_endpoint_connections": _h_reject_vpc_endpoint_connections,
 }
@@ -802,6 +836,18 @@ class SandboxAws:
         ids = [endpoint_ids] if isinstance(endpoint_ids, str) else list(endpoint_ids)
         fn = ec2.accept_vpc_endpoint_connections if accept else ec2.reject_vpc_endpoint_connections
         return list(fn(ServiceId=cfg.id, VpcEndpointIds=ids).get("Unsuccessful", []))
+
+    def connections(self, service_name: str, state: str | None = None) -> list[dict[str, Any]]:
+        """DescribeVpcEndpointConnections as the service owner (optionally by state)."""
+        found = _find_service(service_name)
+        if found is None:
+            raise KeyError(service_name)
+        owner, _backend, cfg = found
+        ec2 = self.client("ec2", _service_region(cfg), owner)
+        filters = [{"Name": "service-id", "Values": [cfg.id]}]
+        if state:
+            filters.append({"Name": "vpc-endpoint-state", "Values": [state]})
+        return list(ec2.describe_vpc_endpoint_connections(Filters=filters)["VpcEndpointConnections"])
 
     def accept(self, service_name: str, endpoint_ids: str | list[str]) -> list[Any]:
         """Accept endpoint connections as the service owner; returns Unsuccessful items."""

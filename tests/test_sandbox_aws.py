@@ -6,6 +6,7 @@ import ipaddress
 import time
 from typing import Any
 
+import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -18,9 +19,17 @@ __all__ = ["aws_seed", "sandbox", "sandbox_aws"]
 NO_RETRY = Config(retries={"mode": "standard", "total_max_attempts": 1})
 
 
+_clients: dict[tuple[str, str, str | None], Any] = {}
+
+
 def ec2(sb: SandboxAws, region: str, account: str | None) -> Any:
-    session: Any = sb.session(account)
-    return session.client("ec2", region_name=region, endpoint_url=sb.url, config=NO_RETRY)
+    key = (sb.url, region, account)
+    if key not in _clients:
+        session: Any = sb.session(account)
+        _clients[key] = session.client(
+            "ec2", region_name=region, endpoint_url=sb.url, config=NO_RETRY
+        )
+    return _clients[key]
 
 
 def ours(sb: SandboxAws, seed: SandboxSeed, region: str | None = None) -> Any:
@@ -79,8 +88,6 @@ def test_accounts_are_separate(sandbox: SandboxAws, aws_seed: SandboxSeed) -> No
     # The endpoints role from the seed is assumable and lands in the endpoints account.
     base: Any = sandbox.session().client("sts", endpoint_url=sandbox.url)
     creds = base.assume_role(RoleArn=seed.role_arn, RoleSessionName="tests")["Credentials"]
-    import boto3
-
     as_role: Any = boto3.Session(
         aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
         aws_session_token=creds["SessionToken"],
@@ -115,11 +122,8 @@ def test_service_visible_only_to_allowed_principals(sandbox: SandboxAws, aws_see
     )
     with pytest.raises(ClientError):
         ours(sandbox, seed).describe_vpc_endpoint_services(ServiceNames=[svc["ServiceName"]])
-    role_ec2 = ec2(sandbox, seed.region, None)
     base: Any = sandbox.session().client("sts", endpoint_url=sandbox.url)
     creds = base.assume_role(RoleArn=seed.role_arn, RoleSessionName="tests")["Credentials"]
-    import boto3
-
     role_ec2 = boto3.Session(
         aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
         aws_session_token=creds["SessionToken"],
@@ -276,11 +280,11 @@ def test_client_token_idempotency(sandbox: SandboxAws, aws_seed: SandboxSeed) ->
 # 9
 def test_state_transitions_with_delay(sandbox: SandboxAws, aws_seed: SandboxSeed) -> None:
     seed = aws_seed
-    sandbox.set_delays(pending=0.4)
+    sandbox.set_delays(pending=0.6)
     ep = create(sandbox, seed)
     assert ep["State"] == "pending"
     assert state_of(sandbox, seed, ep["VpcEndpointId"]) == "pending"
-    time.sleep(0.45)
+    time.sleep(0.65)
     assert state_of(sandbox, seed, ep["VpcEndpointId"]) == "available"
     sandbox.set_delays(pending=0)
     ep = create(sandbox, seed)
@@ -290,7 +294,7 @@ def test_state_transitions_with_delay(sandbox: SandboxAws, aws_seed: SandboxSeed
 
 def test_acceptance_accept(sandbox: SandboxAws, aws_seed: SandboxSeed) -> None:
     seed = aws_seed
-    sandbox.set_delays(pending=0.2)
+    sandbox.set_delays(pending=0.6)
     ep = create(sandbox, seed, "acceptance_required")
     ep_id = ep["VpcEndpointId"]
     assert ep["State"] == "pendingAcceptance"
@@ -300,9 +304,17 @@ def test_acceptance_accept(sandbox: SandboxAws, aws_seed: SandboxSeed) -> None:
     svc_id = seed.customer_service_ids["acceptance_required"]
     with pytest.raises(ClientError):
         ours(sandbox, seed).accept_vpc_endpoint_connections(ServiceId=svc_id, VpcEndpointIds=[ep_id])
+    pending = sandbox.connections(seed.customer_services["acceptance_required"], "pendingAcceptance")
+    row = next(c for c in pending if c["VpcEndpointId"] == ep_id)
+    assert row["VpcEndpointOwner"] == seed.endpoints_account_id
+    assert row["VpcEndpointRegion"] == seed.region and row["ServiceId"] == svc_id
     assert sandbox.accept(seed.customer_services["acceptance_required"], ep_id) == []
+    assert ep_id not in [
+        c["VpcEndpointId"]
+        for c in sandbox.connections(seed.customer_services["acceptance_required"], "pendingAcceptance")
+    ]
     assert state_of(sandbox, seed, ep_id) == "pending"
-    time.sleep(0.25)
+    time.sleep(0.65)
     assert state_of(sandbox, seed, ep_id) == "available"
     # Accepting again: not pending acceptance any more → Unsuccessful.
     assert sandbox.accept(seed.customer_services["acceptance_required"], ep_id)[0]["ResourceId"] == ep_id
@@ -322,14 +334,14 @@ def test_delete_transitions(sandbox: SandboxAws, aws_seed: SandboxSeed) -> None:
     seed = aws_seed
     ep = create(sandbox, seed)
     ep_id, enis = ep["VpcEndpointId"], ep["NetworkInterfaceIds"]
-    sandbox.set_delays(deleting=0.3, deleted_visible=0.3)
+    sandbox.set_delays(deleting=0.5, deleted_visible=0.5)
     assert ours(sandbox, seed).delete_vpc_endpoints(VpcEndpointIds=[ep_id])["Unsuccessful"] == []
     assert state_of(sandbox, seed, ep_id) == "deleting"
-    time.sleep(0.35)
+    time.sleep(0.55)
     assert state_of(sandbox, seed, ep_id) == "deleted"
     with pytest.raises(ClientError):
         ours(sandbox, seed).describe_network_interfaces(NetworkInterfaceIds=enis)
-    time.sleep(0.3)
+    time.sleep(0.5)
     with pytest.raises(ClientError) as exc:
         ours(sandbox, seed).describe_vpc_endpoints(VpcEndpointIds=[ep_id])
     assert error_of(exc)[0] == "InvalidVpcEndpointId.NotFound"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -19,10 +20,12 @@ from settings import EndpointNetwork, Settings
 
 T = TypeVar("T")
 _ids = itertools.count(1)
+_RUN = uuid.uuid4().hex[:6]
 
 
 def unique(prefix: str = "c") -> str:
-    return f"{prefix}-{next(_ids)}"
+    """A connection id / token no other test (or test module sharing moto) uses."""
+    return f"{prefix}-{_RUN}-{next(_ids)}"
 
 
 @pytest.fixture(scope="session")

@@ -49,7 +49,7 @@ from workflows.contracts import (
 
 __all__ = ["aws_acts", "aws_seed", "sandbox", "sandbox_aws"]
 
-ORG = "acme"
+ORG = "aws-activities-test"
 
 
 def check_input(seed: SandboxSeed, key: str, conn: str, region: str | None = None) -> CheckPrincipalInput:

@@ -28,6 +28,8 @@ from workflows.contracts import (
     ConnectionStatus,
     ConnectionView,
     InvalidInput,
+    validate_connection_id,
+    validate_org_id,
 )
 
 DEFAULT_STACK = os.path.join(".privnet", "stack.json")
@@ -161,7 +163,18 @@ async def _watch(
     return last
 
 
+def _validate_ids(args: argparse.Namespace) -> None:
+    """Bad input fails fast (exit 2), before any connection to Temporal."""
+    if getattr(args, "org", None) is not None:
+        validate_org_id(args.org)
+    if getattr(args, "id", None) is not None:
+        validate_connection_id(args.id)
+
+
 async def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
+    from starter.client import validate_create
+
+    validate_create(settings, args.org, args.service_name, args.region, args.id, args.port or ())
     client = await _client(settings)
     view = await client.create(
         args.org,
@@ -462,6 +475,7 @@ def run(argv: list[str] | None = None) -> int:
             return cmd_worker(args, settings)
         if args.command == "api":
             return cmd_api(args, settings)
+        _validate_ids(args)
         return asyncio.run(ASYNC_COMMANDS[args.command](args, settings))
     except (InvalidInput, UsageError) as err:
         code = getattr(err, "code", None)

@@ -394,3 +394,21 @@ def test_api_calls_per_connection(sandbox: SandboxAws, aws_seed: SandboxSeed) ->
     }
     assert acts.calls.total <= 6
     assert sum(warm.values()) <= 8
+
+
+def test_credentials_assume_role_refreshable(sandbox: SandboxAws, aws_seed: SandboxSeed) -> None:
+    from botocore.credentials import DeferredRefreshableCredentials
+
+    acts = make_activities(aws_seed)
+    creds = acts._session.get_credentials()
+    assert isinstance(creds, DeferredRefreshableCredentials)
+    ident = acts.client("sts", aws_seed.region).get_caller_identity()
+    assert ident["Account"] == aws_seed.endpoints_account_id
+    assert ":assumed-role/privnet-endpoints/" in ident["Arn"]
+    assert acts.calls.snapshot().get("AssumeRole") == 1
+    assert acts.client("ec2", aws_seed.region) is acts.client("ec2", aws_seed.region)
+    # Without PRIVNET_AWS_ROLE_ARN: the ambient credentials, no AssumeRole.
+    plain = make_activities(aws_seed, aws_role_arn=None)
+    ident = plain.client("sts", aws_seed.region).get_caller_identity()
+    assert ident["Account"] != aws_seed.endpoints_account_id
+    assert "AssumeRole" not in plain.calls.snapshot()

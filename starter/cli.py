@@ -194,6 +194,8 @@ async def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
             max_wait=args.timeout,
         )
         view = await client.get(args.org, view.connection_id)
+        if not args.json:
+            print()
     if args.json:
         print_json(view)
     else:

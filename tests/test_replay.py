@@ -5,6 +5,7 @@ Fixtures are recorded by running the workflow tests with PRIVNET_RECORD_HISTORIE
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,6 @@ async def test_replay(path: Path) -> None:
     replayer = Replayer(
         workflows=[*WORKFLOWS, GuardRequester], data_converter=pydantic_data_converter
     )
-    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    history = WorkflowHistory.from_json(path.stem, await asyncio.to_thread(path.read_text))
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
@@ -431,21 +432,7 @@ class PrivateConnectionWorkflow:
                 raise self._wait_timeout(s, ref.vpc_endpoint_id)
             try:
                 result = await self._interruptible(
-                    lambda last=state, budget=remaining: self._activity(
-                        ACT_WAIT_FOR_STATE_CHANGE,
-                        WaitStateInput(
-                            region=inp.region, vpc_endpoint_id=ref.vpc_endpoint_id, last_state=last
-                        ),
-                        EndpointState,
-                        summary=f"poll endpoint state (was {last})",
-                        retry=RetryPolicy(
-                            initial_interval=inp.options.poll_initial_interval,
-                            backoff_coefficient=1.5,
-                            maximum_interval=inp.options.poll_max_interval,
-                            non_retryable_error_types=NON_RETRYABLE_TYPES,
-                        ),
-                        schedule_to_close=budget,
-                    )
+                    functools.partial(self._poll_state, ref.vpc_endpoint_id, state, remaining)
                 )
             except ActivityError as err:
                 if isinstance(err.cause, TimeoutError) or err.retry_state == RetryState.TIMEOUT:
@@ -473,6 +460,24 @@ class PrivateConnectionWorkflow:
                 "check the endpoints account's subnets, then create the connection again",
             )
         return addresses
+
+    async def _poll_state(self, endpoint_id: str, last: str, budget: timedelta) -> EndpointState:
+        """One poll loop: retries (with capped backoff) until the state differs from last."""
+        opts = self._inp.options
+        state: EndpointState = await self._activity(
+            ACT_WAIT_FOR_STATE_CHANGE,
+            WaitStateInput(region=self._inp.region, vpc_endpoint_id=endpoint_id, last_state=last),
+            EndpointState,
+            summary=f"poll endpoint state (was {last})",
+            retry=RetryPolicy(
+                initial_interval=opts.poll_initial_interval,
+                backoff_coefficient=1.5,
+                maximum_interval=opts.poll_max_interval,
+                non_retryable_error_types=NON_RETRYABLE_TYPES,
+            ),
+            schedule_to_close=budget,
+        )
+        return state
 
     def _wait_timeout(self, state: str, endpoint_id: str) -> ConnectionFailed:
         if state == "pendingacceptance":
@@ -579,6 +584,7 @@ class PrivateConnectionWorkflow:
         self, failure: ConnectionFailed | None, cancelled: bool, rejected: bool
     ) -> None:
         inp = self._inp
+        reason: str | None
         if failure is not None:
             final, reason, message = S.FAILED, failure.reason, failure.message
         elif rejected:

@@ -322,3 +322,33 @@ async def test_drift_repair_reapplies_a_deleted_policy_and_follows_ip_changes(en
     assert any("drift repaired" in r.detail for r in env.world.statuses(conn))
     await handle.signal(SIGNAL_DELETE)
     assert (await handle.result()).status.value == "Deleted"
+
+
+async def test_active_connection_continues_as_new_and_still_deletes_cleanly(env: Env) -> None:
+    org, conn = uid("org"), uid("c")
+    inp = make_input(org, conn, drift_check_interval=timedelta(milliseconds=300))
+    handle = await start(env.client, inp, env.task_queue)
+    first = await wait_status(handle, "Active")
+    first_run = (await handle.describe()).run_id
+    latest = env.client.get_workflow_handle(handle.id, result_type=ConnectionState)
+    for _ in range(300):  # the server suggests continue-as-new at 50 events (conftest)
+        if (await latest.describe()).run_id != first_run:
+            break
+        await asyncio.sleep(0.1)
+    assert (await latest.describe()).run_id != first_run
+    resumed = await wait_status(latest, "Active")
+    assert (resumed.ips, resumed.vpc_endpoint_id) == (first.ips, first.vpc_endpoint_id)
+    assert resumed.seq >= first.seq
+    await latest.signal(SIGNAL_DELETE)
+    result = await latest.result()
+    assert result.status.value == "Deleted"
+    assert compensations(env.world, conn)[-4:] == [
+        ACT_DELETE_POLICIES,
+        ACT_DELETE_ENDPOINT,
+        ACT_WAIT_ENDPOINT_DELETED,
+        ACT_RELEASE_SLOT,
+    ]
+    records = env.world.statuses(conn)
+    assert [r.seq for r in records] == sorted({r.seq for r in records})  # no seq reused
+    assert records[-1].status.value == "Deleted"
+    assert env.world.effects(conn).count("endpoint.create") == 1

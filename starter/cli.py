@@ -142,9 +142,7 @@ async def _client(settings: Settings) -> Any:
 
     try:
         return await ConnectionsClient.connect(settings)
-    except (InvalidInput, UsageError):
-        raise
-    except Exception as err:
+    except (RuntimeError, OSError) as err:  # what Client.connect raises when unreachable
         raise CommandFailed(
             f"cannot connect to Temporal at {settings.temporal_address}: {err} "
             "(start a stack with `privnet dev up`, or set PRIVNET_TEMPORAL_ADDRESS)"

@@ -156,17 +156,7 @@ def connection_options(settings: Settings) -> ConnectionOptions:
         drift_check_interval=timedelta(seconds=settings.drift_check_interval_seconds),
         slot_decision_timeout=timedelta(seconds=settings.slot_decision_timeout_seconds),
         default_org_limit=settings.default_org_limit,
-        **_poll_options(settings),
     )
-
-
-def _poll_options(settings: Settings) -> dict[str, timedelta]:
-    out: dict[str, timedelta] = {}
-    for field in ("poll_initial_interval", "poll_max_interval"):
-        seconds = getattr(settings, f"{field}_seconds", None)
-        if seconds:
-            out[field] = timedelta(seconds=float(seconds))
-    return out
 
 
 async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:

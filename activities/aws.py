@@ -112,33 +112,72 @@ CALLS = CallCounter()
 
 # --------------------------------------------------------------------------- classification
 
-THROTTLING_CODES = frozenset({
-    "RequestLimitExceeded", "Throttling", "ThrottlingException", "ThrottledException",
-    "RequestThrottled", "RequestThrottledException", "TooManyRequestsException",
-    "EC2ThrottledException", "SlowDown", "PriorRequestNotComplete", "BandwidthLimitExceeded",
-    "TransactionInProgressException",
-})
-TRANSIENT_CODES = frozenset({
-    "InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable",
-    "RequestTimeout", "RequestTimeoutException", "ExpiredToken", "ExpiredTokenException",
-    "RequestExpired", "IDPCommunicationError", "IncorrectState",
-})
-ACCESS_DENIED_CODES = frozenset({
-    "AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "AuthFailure",
-    "InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch",
-    "OptInRequired", "Blocked",
-})
-ENDPOINT_NOT_FOUND_CODES = frozenset({
-    "InvalidVpcEndpointId.NotFound", "InvalidVpcEndpoint.NotFound",
-})
-CONFIGURATION_CODES = frozenset({
-    "InvalidVpcID.NotFound", "InvalidSubnetID.NotFound", "InvalidSubnet",
-    "InvalidGroup.NotFound", "InvalidSecurityGroupID.NotFound", "DuplicateSubnetsInSameZone",
-})
+THROTTLING_CODES = frozenset(
+    {
+        "RequestLimitExceeded",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "EC2ThrottledException",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "BandwidthLimitExceeded",
+        "TransactionInProgressException",
+    }
+)
+TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "Unavailable",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "RequestExpired",
+        "IDPCommunicationError",
+        "IncorrectState",
+    }
+)
+ACCESS_DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnauthorizedOperation",
+        "AuthFailure",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+        "SignatureDoesNotMatch",
+        "OptInRequired",
+        "Blocked",
+    }
+)
+ENDPOINT_NOT_FOUND_CODES = frozenset(
+    {
+        "InvalidVpcEndpointId.NotFound",
+        "InvalidVpcEndpoint.NotFound",
+    }
+)
+CONFIGURATION_CODES = frozenset(
+    {
+        "InvalidVpcID.NotFound",
+        "InvalidSubnetID.NotFound",
+        "InvalidSubnet",
+        "InvalidGroup.NotFound",
+        "InvalidSecurityGroupID.NotFound",
+        "DuplicateSubnetsInSameZone",
+    }
+)
 # (code, operation) pairs that are eventual consistency, not a real absence.
-EVENTUALLY_CONSISTENT = frozenset({
-    ("InvalidNetworkInterfaceID.NotFound", "DescribeNetworkInterfaces"),
-})
+EVENTUALLY_CONSISTENT = frozenset(
+    {
+        ("InvalidNetworkInterfaceID.NotFound", "DescribeNetworkInterfaces"),
+    }
+)
 
 STATE_REASONS: dict[str, Reason] = {
     "rejected": Reason.ENDPOINT_REJECTED,
@@ -274,12 +313,9 @@ def classify_state(state: str, ctx: ErrorContext | None = None) -> ApplicationEr
         Reason.ENDPOINT_FAILED: "AWS could not provision the endpoint; retry the connection",
         Reason.ENDPOINT_EXPIRED: "the connection request expired before the owner accepted "
         "it; retry and ask them to accept it",
-        Reason.ENDPOINT_DELETED: "the endpoint was deleted outside privnet; retry the "
-        "connection",
+        Reason.ENDPOINT_DELETED: "the endpoint was deleted outside privnet; retry the connection",
     }
-    return _fatal(
-        reason, f"VPC endpoint {ctx.endpoint_id or '?'} is {state}: {fixes[reason]}"
-    )
+    return _fatal(reason, f"VPC endpoint {ctx.endpoint_id or '?'} is {state}: {fixes[reason]}")
 
 
 def classify_exception(
@@ -289,8 +325,11 @@ def classify_exception(
         err = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return classify(
-            str(err.get("Code", "Unknown")), operation, str(err.get("Message", "")),
-            http_status=status, ctx=ctx,
+            str(err.get("Code", "Unknown")),
+            operation,
+            str(err.get("Message", "")),
+            http_status=status,
+            ctx=ctx,
         )
     if isinstance(exc, NoCredentialsError):
         return _fatal(
@@ -300,8 +339,11 @@ def classify_exception(
         )
     if isinstance(
         exc,
-        EndpointConnectionError | ConnectionClosedError | ReadTimeoutError
-        | ConnectTimeoutError | BotoConnectionError,
+        EndpointConnectionError
+        | ConnectionClosedError
+        | ReadTimeoutError
+        | ConnectTimeoutError
+        | BotoConnectionError,
     ):
         return _retryable(RETRYABLE_TRANSIENT, f"{operation}: cannot reach AWS ({exc}); retrying")
     return _retryable(RETRYABLE_TRANSIENT, f"{operation}: {type(exc).__name__}: {exc}; retrying")
@@ -349,8 +391,12 @@ class AwsActivities:
 
     def activities(self) -> list[Any]:
         return [
-            self.check_principal, self.create_endpoint, self.wait_for_state_change,
-            self.get_endpoint_addresses, self.delete_endpoint, self.wait_endpoint_deleted,
+            self.check_principal,
+            self.create_endpoint,
+            self.wait_for_state_change,
+            self.get_endpoint_addresses,
+            self.delete_endpoint,
+            self.wait_endpoint_deleted,
         ]
 
     def _count(self, model: Any = None, **_: Any) -> None:
@@ -360,7 +406,9 @@ class AwsActivities:
 
     def _new_client(self, session: boto3.Session, service: str, region: str) -> Any:
         client: Any = session.client(  # type: ignore[call-overload]
-            service, region_name=region, endpoint_url=self.settings.aws_endpoint_url,
+            service,
+            region_name=region,
+            endpoint_url=self.settings.aws_endpoint_url,
             config=self._config,
         )
         client.meta.events.register("before-call", self._count)
@@ -373,9 +421,7 @@ class AwsActivities:
         sts = self._new_client(self._base_session, "sts", self.settings.aws_region)
 
         def refresh() -> dict[str, str]:
-            creds = sts.assume_role(RoleArn=role, RoleSessionName="privnet-worker")[
-                "Credentials"
-            ]
+            creds = sts.assume_role(RoleArn=role, RoleSessionName="privnet-worker")["Credentials"]
             return {
                 "access_key": creds["AccessKeyId"],
                 "secret_key": creds["SecretAccessKey"],
@@ -414,14 +460,17 @@ class AwsActivities:
         try:
             yield
         except (ClientError, BotoCoreError) as exc:
-            if isinstance(exc, ClientError) and exc.response.get("Error", {}).get(
-                "Code"
-            ) == "InvalidServiceName":
+            if (
+                isinstance(exc, ClientError)
+                and exc.response.get("Error", {}).get("Code") == "InvalidServiceName"
+            ):
                 ctx = ErrorContext(**{**ctx.__dict__, "principal_arn": self.principal_arn()})
             raise classify_exception(exc, operation, ctx) from exc
 
     def _ctx(self, **kw: Any) -> ErrorContext:
-        return ErrorContext(principal_arn=self._principal, role_arn=self.settings.aws_role_arn, **kw)
+        return ErrorContext(
+            principal_arn=self._principal, role_arn=self.settings.aws_role_arn, **kw
+        )
 
     def _network(self, region: str) -> EndpointNetwork:
         network = self.settings.endpoint_networks.get(region)
@@ -441,7 +490,8 @@ class AwsActivities:
             return cached
         network = self._network(region)
         kwargs: dict[str, Any] = (
-            {"SubnetIds": network.subnet_ids} if network.subnet_ids
+            {"SubnetIds": network.subnet_ids}
+            if network.subnet_ids
             else {"Filters": [{"Name": "vpc-id", "Values": [network.vpc_id]}]}
         )
         with self._aws("DescribeSubnets", self._ctx(region=region)):
@@ -452,7 +502,10 @@ class AwsActivities:
         return result
 
     def _find_by_connection(
-        self, region: str, connection_id: str, org_id: str | None = None,
+        self,
+        region: str,
+        connection_id: str,
+        org_id: str | None = None,
         include_gone: bool = False,
     ) -> list[dict[str, Any]]:
         filters = [{"Name": f"tag:{TAG_CONNECTION_ID}", "Values": [connection_id]}]
@@ -482,8 +535,10 @@ class AwsActivities:
         ours = self.our_subnets(input.region)
         our_azs = sorted(set(ours.values()))
         ctx = self._ctx(
-            service_name=input.service_name, region=input.region,
-            service_region=input.service_region, our_az_ids=our_azs,
+            service_name=input.service_name,
+            region=input.region,
+            service_region=input.service_region,
+            our_az_ids=our_azs,
         )
         if cross:
             # Consumer-Region view (DescribeVpcEndpointServices ServiceRegions): found only
@@ -508,9 +563,13 @@ class AwsActivities:
                 resp = self._ec2(input.region).describe_vpc_endpoint_services(
                     ServiceNames=[input.service_name]
                 )
-        details = [d for d in resp.get("ServiceDetails", []) if d["ServiceName"] == input.service_name]
+        details = [
+            d for d in resp.get("ServiceDetails", []) if d["ServiceName"] == input.service_name
+        ]
         if not details:
-            raise principal_not_allowed(ErrorContext(**{**ctx.__dict__, "principal_arn": self.principal_arn()}))
+            raise principal_not_allowed(
+                ErrorContext(**{**ctx.__dict__, "principal_arn": self.principal_arn()})
+            )
         d = details[0]
         az_ids = sorted(d.get("AvailabilityZoneIds") or [])
         if cross:
@@ -523,9 +582,13 @@ class AwsActivities:
             if not usable:
                 raise az_not_supported(ErrorContext(**{**ctx.__dict__, "service_az_ids": az_ids}))
         return ServiceInfo(
-            service_name=input.service_name, service_id=d.get("ServiceId"), az_ids=az_ids,
-            acceptance_required=bool(d.get("AcceptanceRequired")), supported_regions=supported,
-            private_dns_name=d.get("PrivateDnsName") or None, usable_az_ids=usable,
+            service_name=input.service_name,
+            service_id=d.get("ServiceId"),
+            az_ids=az_ids,
+            acceptance_required=bool(d.get("AcceptanceRequired")),
+            supported_regions=supported,
+            private_dns_name=d.get("PrivateDnsName") or None,
+            usable_az_ids=usable,
         )
 
     def _choose_subnets(self, input: CreateEndpointInput) -> list[str]:
@@ -537,10 +600,14 @@ class AwsActivities:
             if az in wanted and az not in chosen:
                 chosen[az] = subnet_id
         if not chosen:
-            raise az_not_supported(self._ctx(
-                service_name=input.service_name, region=input.region,
-                service_az_ids=input.service_az_ids, our_az_ids=sorted(set(ours.values())),
-            ))
+            raise az_not_supported(
+                self._ctx(
+                    service_name=input.service_name,
+                    region=input.region,
+                    service_az_ids=input.service_az_ids,
+                    our_az_ids=sorted(set(ours.values())),
+                )
+            )
         return [chosen[az] for az in sorted(chosen)]
 
     @activity.defn(name=ACT_CREATE_ENDPOINT)
@@ -560,23 +627,27 @@ class AwsActivities:
             # orgs connect to the same service from one VPC.
             "PrivateDnsEnabled": False,
             "ClientToken": client_token(input.org_id, input.connection_id),
-            "TagSpecifications": [{
-                "ResourceType": "vpc-endpoint",
-                "Tags": [
-                    {"Key": TAG_ORG_ID, "Value": input.org_id},
-                    {"Key": TAG_CONNECTION_ID, "Value": input.connection_id},
-                    {"Key": TAG_MANAGED_BY, "Value": MANAGED_BY},
-                    {"Key": "Name", "Value": f"privnet-{input.org_id}-{input.connection_id}"},
-                ],
-            }],
+            "TagSpecifications": [
+                {
+                    "ResourceType": "vpc-endpoint",
+                    "Tags": [
+                        {"Key": TAG_ORG_ID, "Value": input.org_id},
+                        {"Key": TAG_CONNECTION_ID, "Value": input.connection_id},
+                        {"Key": TAG_MANAGED_BY, "Value": MANAGED_BY},
+                        {"Key": "Name", "Value": f"privnet-{input.org_id}-{input.connection_id}"},
+                    ],
+                }
+            ],
         }
         if network.security_group_ids:
             params["SecurityGroupIds"] = list(network.security_group_ids)
         if input.service_region != input.region:
             params["ServiceRegion"] = input.service_region
         ctx = self._ctx(
-            service_name=input.service_name, region=input.region,
-            service_region=input.service_region, service_az_ids=input.service_az_ids,
+            service_name=input.service_name,
+            region=input.region,
+            service_region=input.service_region,
+            service_az_ids=input.service_az_ids,
             our_az_ids=sorted(set(self.our_subnets(input.region).values())),
         )
         with self._aws("CreateVpcEndpoint", ctx):
@@ -612,7 +683,9 @@ class AwsActivities:
                 key=lambda ip: tuple(int(p) for p in ip.split(".")) if "." in ip else (ip,),
             )
         return EndpointAddresses(
-            vpc_endpoint_id=input.vpc_endpoint_id, state=str(ep["State"]), ips=ips,
+            vpc_endpoint_id=input.vpc_endpoint_id,
+            state=str(ep["State"]),
+            ips=ips,
             dns_names=[d["DnsName"] for d in ep.get("DnsEntries") or [] if d.get("DnsName")],
             network_interface_ids=eni_ids,
         )
@@ -623,7 +696,10 @@ class AwsActivities:
             ids = [input.vpc_endpoint_id]
         else:
             ids = sorted(
-                e["VpcEndpointId"] for e in self._find_by_connection(input.region, input.connection_id)
+                e["VpcEndpointId"]
+                for e in self._find_by_connection(
+                    input.region, input.connection_id, org_id=input.org_id
+                )
             )
         if not ids:
             return DeleteEndpointResult(vpc_endpoint_ids=[])
@@ -642,7 +718,9 @@ class AwsActivities:
             if code in ENDPOINT_NOT_FOUND_CODES:
                 gone.add(item.get("ResourceId", ""))
                 continue
-            raise classify(code, "DeleteVpcEndpoints", str(item.get("Error", {}).get("Message", "")), ctx=ctx)
+            raise classify(
+                code, "DeleteVpcEndpoints", str(item.get("Error", {}).get("Message", "")), ctx=ctx
+            )
         return DeleteEndpointResult(vpc_endpoint_ids=[i for i in ids if i not in gone])
 
     @activity.defn(name=ACT_WAIT_ENDPOINT_DELETED)
@@ -657,7 +735,9 @@ class AwsActivities:
         else:
             states = [
                 str(e["State"])
-                for e in self._find_by_connection(input.region, input.connection_id, include_gone=True)
+                for e in self._find_by_connection(
+                    input.region, input.connection_id, org_id=input.org_id, include_gone=True
+                )
             ]
         remaining = [s for s in states if s.lower() != "deleted"]
         if remaining:

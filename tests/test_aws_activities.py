@@ -412,3 +412,24 @@ def test_credentials_assume_role_refreshable(sandbox: SandboxAws, aws_seed: Sand
     ident = plain.client("sts", aws_seed.region).get_caller_identity()
     assert ident["Account"] != aws_seed.endpoints_account_id
     assert "AssumeRole" not in plain.calls.snapshot()
+
+
+def test_delete_by_tag_never_touches_another_orgs_endpoint(
+    sandbox: SandboxAws, aws_acts: AwsActivities, aws_seed: SandboxSeed
+) -> None:
+    """Connection ids are unique per org only: two orgs may both have 'db'."""
+    seed = aws_seed
+    conn = unique("same")
+    mine = provision(aws_acts, seed, "allowed", conn)
+    chk = check_input(seed, "allowed", conn).model_copy(update={"org_id": "other-org"})
+    info = retrying(aws_acts.check_principal, chk)
+    theirs = retrying(aws_acts.create_endpoint, create_input(info, chk))
+    assert theirs.vpc_endpoint_id != mine.vpc_endpoint_id
+    inp = DeleteEndpointInput(region=seed.region, connection_id=conn, org_id=ORG)
+    assert aws_acts.delete_endpoint(inp).vpc_endpoint_ids == [mine.vpc_endpoint_id]
+    other = DeleteEndpointInput(region=seed.region, connection_id=conn, org_id="other-org")
+    ep = aws_acts.get_endpoint_addresses(
+        EndpointAddressesInput(region=seed.region, vpc_endpoint_id=theirs.vpc_endpoint_id)
+    )
+    assert ep.state.lower() not in ("deleting", "deleted")
+    assert aws_acts.delete_endpoint(other).vpc_endpoint_ids == [theirs.vpc_endpoint_id]

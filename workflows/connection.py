@@ -616,6 +616,7 @@ class PrivateConnectionWorkflow:
                 target = DeleteEndpointInput(
                     region=inp.region,
                     connection_id=inp.connection_id,
+                    org_id=inp.org_id,
                     vpc_endpoint_id=self._state.vpc_endpoint_id,
                 )
                 deleted: DeleteEndpointResult = await self._activity(

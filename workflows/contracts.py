@@ -423,6 +423,8 @@ class EndpointAddresses(BaseModel):
 class DeleteEndpointInput(BaseModel):
     region: str
     connection_id: str
+    # Connection ids are unique per org only: the tag lookup filters on both.
+    org_id: str | None = None
     vpc_endpoint_id: str | None = None  # None: find by the connection-id tag
 
 

@@ -150,11 +150,20 @@ async def _client(settings: Settings) -> Any:
 
 
 async def _watch(
-    client: Any, org: str, cid: str, *, until: set[str], as_json: bool, max_wait: float
+    client: Any,
+    org: str,
+    cid: str,
+    *,
+    until: set[str],
+    as_json: bool,
+    max_wait: float,
+    replay: bool = True,
 ) -> ConnectionView:
     last: ConnectionView | None = None
     out = sys.stderr if as_json else sys.stdout
-    async for view in client.watch(org, cid, until=until, max_wait=timedelta(seconds=max_wait)):
+    async for view in client.watch(
+        org, cid, until=until, max_wait=timedelta(seconds=max_wait), replay=replay
+    ):
         print(format_change(view), file=out, flush=True)
         last = view
     assert last is not None
@@ -244,7 +253,13 @@ async def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
     view = await client.delete(args.org, args.id)
     if args.wait and not ConnectionStatus(view.status).terminal:
         view = await _watch(
-            client, args.org, args.id, until=set(), as_json=args.json, max_wait=args.timeout
+            client,
+            args.org,
+            args.id,
+            until=set(),
+            as_json=args.json,
+            max_wait=args.timeout,
+            replay=False,
         )
         view = await client.get(args.org, args.id)
     if args.json:
@@ -318,8 +333,10 @@ async def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
         print_json({"applied": True, "changed": changed, "namespaces": settings.task_namespaces})
     else:
         state = "applied" if changed else "already up to date"
-        print(f"cluster baseline policy {state} (task namespaces: "
-              f"{', '.join(settings.task_namespaces)})")
+        print(
+            f"cluster baseline policy {state} (task namespaces: "
+            f"{', '.join(settings.task_namespaces)})"
+        )
     return 0
 
 
@@ -344,9 +361,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_dev_up(args: argparse.Namespace) -> int:
     from sandbox.stack import run_foreground
 
-    return run_foreground(
-        data_dir=args.data_dir, worker=not args.no_worker, as_json=args.json
-    )
+    return run_foreground(data_dir=args.data_dir, worker=not args.no_worker, as_json=args.json)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

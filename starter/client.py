@@ -457,19 +457,40 @@ class ConnectionsClient:
         until: Iterable[str] = (),
         interval: float = 0.25,
         max_wait: timedelta | None = None,
+        replay: bool = True,
     ) -> AsyncIterator[ConnectionView]:
         """Yield the connection each time its status (or AWS state/message) changes, until
         it is terminal or reaches one of ``until``."""
         stop = {str(s) for s in until}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_wait.total_seconds() if max_wait else None
-        last: tuple[Any, ...] | None = None
+        last_status: str | None = None
+        last_key: tuple[Any, ...] | None = None
+        seen: int | None = 0 if replay else None  # timeline entries already handled
+        replayed: set[str] = set()
         while True:
             view = await self.current(org_id, connection_id)
+            # Statuses that came and went between two polls are in the store's timeline:
+            # replay them so a watcher sees every transition, in order.
+            row = await self._store_get(org_id, connection_id, with_timeline=True)
+            entries = (row.timeline or []) if row is not None else []
+            if seen is None:  # replay=False: only what happens from now on
+                seen = len(entries)
+            for entry in entries[seen:]:
+                replayed.add(entry.status)
+                if entry.status != last_status:
+                    last_status, last_key = entry.status, None
+                    yield view.model_copy(update={"status": entry.status, "updated_at": entry.at})
+            seen = len(entries)
             key = (view.status, view.reason, view.message, view.vpc_endpoint_id, tuple(view.ips))
-            if key != last:
-                last = key
+            if view.status == last_status:
+                if last_key is not None and key != last_key:
+                    yield view  # same status, new details (message, IPs)
+                last_key = key
+            elif view.status not in replayed:  # the query is ahead of the store
+                last_status, last_key = view.status, key
                 yield view
+            # else: the query lags the store (it moves once the write returned): skip
             if ConnectionStatus(view.status).terminal or view.status in stop:
                 return
             if deadline is not None and loop.time() >= deadline:
@@ -493,7 +514,9 @@ class ConnectionsClient:
 
     # ------------------------------------------------------------------ operators
 
-    async def stuck(self, older_than: timedelta = timedelta(minutes=15)) -> builtins.list[StuckConnection]:
+    async def stuck(
+        self, older_than: timedelta = timedelta(minutes=15)
+    ) -> builtins.list[StuckConnection]:
         cutoff = datetime.now(UTC) - older_than
         statuses = ", ".join(f'"{s.value}"' for s in sorted(PROVISIONING_STATUSES))
         query = (

@@ -125,9 +125,7 @@ async def test_missing_or_wrong_token_is_401(api: ApiEnv) -> None:
     anon = httpx.AsyncClient(transport=api.http._transport, base_url="http://privnet")
     async with anon:
         _assert_error(await anon.get(f"/v1/orgs/{org}/connections"), 401, "UNAUTHORIZED")
-        r = await anon.get(
-            f"/v1/orgs/{org}/connections", headers={"Authorization": "Bearer nope"}
-        )
+        r = await anon.get(f"/v1/orgs/{org}/connections", headers={"Authorization": "Bearer nope"})
         _assert_error(r, 401, "UNAUTHORIZED")
         r = await anon.post(
             f"/v1/orgs/{org}/connections",
@@ -165,9 +163,7 @@ async def test_malformed_bodies_and_ids_are_422(api: ApiEnv) -> None:
 async def test_unknown_connection_is_404(api: ApiEnv) -> None:
     org = _org()
     _assert_error(await api.http.get(f"/v1/orgs/{org}/connections/c-nothere"), 404, "NOT_FOUND")
-    _assert_error(
-        await api.http.delete(f"/v1/orgs/{org}/connections/c-nothere"), 404, "NOT_FOUND"
-    )
+    _assert_error(await api.http.delete(f"/v1/orgs/{org}/connections/c-nothere"), 404, "NOT_FOUND")
     r = await api.http.get(f"/v1/orgs/{org}/connections")
     assert r.status_code == 200 and r.json() == []
 
@@ -182,8 +178,18 @@ async def test_create_active_delete_deleted(api: ApiEnv) -> None:
     assert r.status_code == 202, r.text
     created = r.json()
     for key in (
-        "org_id", "connection_id", "status", "reason", "message", "endpoint_service_name",
-        "region", "service_region", "vpc_endpoint_id", "ips", "dns_names", "created_at",
+        "org_id",
+        "connection_id",
+        "status",
+        "reason",
+        "message",
+        "endpoint_service_name",
+        "region",
+        "service_region",
+        "vpc_endpoint_id",
+        "ips",
+        "dns_names",
+        "created_at",
         "updated_at",
     ):
         assert key in created, key
@@ -258,3 +264,22 @@ async def test_limit_rejection_is_409(api: ApiEnv) -> None:
     await _wait_status(api.http, org, first_id, {"Active"})
     assert (await api.http.delete(f"/v1/orgs/{org}/connections/{first_id}")).status_code == 202
     await _wait_status(api.http, org, first_id, {"Deleted"})
+
+
+async def test_watch_reports_every_transition_in_order(api: ApiEnv) -> None:
+    """create --wait prints each status as it happens: none may be skipped, even when
+    several happen between two polls (they are replayed from the store's timeline)."""
+    org = _org()
+    view = await api.client.create(org, api.seed.customer_services["allowed"])
+    seen = [v.status async for v in api.client.watch(org, view.connection_id, until=["Active"])]
+    assert seen == [
+        "Pending",
+        "CheckingPrincipal",
+        "CreatingEndpoint",
+        "WaitingForIp",
+        "ApplyingPolicy",
+        "Active",
+    ]
+    await api.client.delete(org, view.connection_id)
+    seen = [v.status async for v in api.client.watch(org, view.connection_id, replay=False)]
+    assert seen in (["Active", "Deleting", "Deleted"], ["Deleting", "Deleted"])

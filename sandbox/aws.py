@@ -101,6 +101,8 @@ class FaultRule:
 @dataclass
 class _SandboxState:
     delays: Delays = field(default_factory=Delays)
+    # Added to the monotonic clock: tests advance time instead of sleeping past delays.
+    clock_offset: float = 0.0
 
 
 _local = threading.local()
@@ -110,6 +112,10 @@ _LOCK = threading.RLock()  # moto's models are not thread-safe; our handlers ser
 
 def _state() -> _SandboxState:
     return getattr(_local, "state", None) or _DEFAULT_STATE
+
+
+def _now() -> float:
+    return time.monotonic() + _state().clock_offset
 
 
 # --------------------------------------------------------------------------- PrivateLink model
@@ -217,7 +223,7 @@ def _visible_service(
 
 def _advance(ep: Any, now: float | None = None) -> bool:
     """Apply due state transitions; False when the endpoint is gone."""
-    now = time.monotonic() if now is None else now
+    now = _now() if now is None else now
     pl = getattr(ep, "_pl", None)
     if pl is None:
         return True
@@ -240,7 +246,7 @@ def _release_enis(ep: Any) -> None:
 
 
 def _sweep(backend: Any) -> None:
-    now = time.monotonic()
+    now = _now()
     for ep_id, ep in list(backend.vpc_end_points.items()):
         if not _advance(ep, now):
             backend.vpc_end_points.pop(ep_id, None)
@@ -390,7 +396,7 @@ def _h_create_vpc_endpoint(self: Any) -> Any:
             eni_ids.append(eni.id)
         ep.network_interface_ids = eni_ids
         ep.dns_entries = _dns_entries(ep.id, cfg, here, [s.availability_zone for s in subnets])
-        now = time.monotonic()
+        now = _now()
         ep._pl = {"owner": owner, "service_id": cfg.id, "ready_at": now + _state().delays.pending,
                   "deleted_at": float("inf"), "gone_at": float("inf")}
         ep.state = "pendingAcceptance" if cfg.acceptance_required else "pending"
@@ -413,7 +419,7 @@ def _h_delete_vpc_endpoints(self: Any) -> Any:
     unsuccessful = []
     with _LOCK:
         _sweep(backend)
-        now = time.monotonic()
+        now = _now()
         delays = _state().delays
         for ep_id in ids:
             ep = backend.vpc_end_points.get(ep_id)
@@ -455,7 +461,7 @@ def _connection_decision(self: Any, accept: bool) -> Any:
             for ep in backend.vpc_end_points.values():
                 if ep.service_name == cfg.service_name and getattr(ep, "_pl", None):
                     endpoints[ep.id] = ep
-        now = time.monotonic()
+        now = _now()
         for ep_id in ids:
             ep = endpoints.get(ep_id)
             if ep is None or ep.state != "pendingAcceptance":
@@ -754,6 +760,10 @@ class SandboxAws:
             d.deleting = deleting
         if deleted_visible is not None:
             d.deleted_visible = deleted_visible
+
+    def advance(self, seconds: float) -> None:
+        """Move the sandbox clock forward (pending → available, deleting → deleted)."""
+        self._state.clock_offset += seconds
 
     @property
     def delays(self) -> Delays:

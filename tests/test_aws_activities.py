@@ -194,7 +194,7 @@ def test_unconfigured_region_is_configuration_error(aws_acts: AwsActivities, aws
 
 def test_same_region_create_wait_addresses(sandbox: SandboxAws, aws_acts: AwsActivities, aws_seed: SandboxSeed) -> None:
     seed = aws_seed
-    sandbox.set_delays(pending=0.5)
+    sandbox.set_delays(pending=60)
     conn = unique()
     chk = check_input(seed, "allowed", conn)
     info = aws_acts.check_principal(chk)
@@ -206,7 +206,7 @@ def test_same_region_create_wait_addresses(sandbox: SandboxAws, aws_acts: AwsAct
             region=seed.region, vpc_endpoint_id=ref.vpc_endpoint_id, last_state="PENDING"))
     assert exc.value.type == STATE_UNCHANGED and not exc.value.non_retryable
     assert exc.value.category == ApplicationErrorCategory.BENIGN
-    time.sleep(0.55)
+    sandbox.advance(61)
     assert wait_until_not(aws_acts, seed.region, ref.vpc_endpoint_id, "pending") == "available"
     addrs = aws_acts.get_endpoint_addresses(
         EndpointAddressesInput(region=seed.region, vpc_endpoint_id=ref.vpc_endpoint_id))
@@ -310,7 +310,7 @@ def test_delete_and_wait_deleted(sandbox: SandboxAws, aws_acts: AwsActivities, a
     seed = aws_seed
     conn = unique()
     addrs = provision(aws_acts, seed, "allowed", conn)
-    sandbox.set_delays(deleting=0.5, deleted_visible=0.5)
+    sandbox.set_delays(deleting=60, deleted_visible=60)
     inp = DeleteEndpointInput(region=seed.region, connection_id=conn,
                               vpc_endpoint_id=addrs.vpc_endpoint_id if by_id else None)
     assert aws_acts.delete_endpoint(inp).vpc_endpoint_ids == [addrs.vpc_endpoint_id]
@@ -318,9 +318,9 @@ def test_delete_and_wait_deleted(sandbox: SandboxAws, aws_acts: AwsActivities, a
         aws_acts.wait_endpoint_deleted(inp)
     assert exc.value.type == ENDPOINT_NOT_DELETED_YET and not exc.value.non_retryable
     assert exc.value.category == ApplicationErrorCategory.BENIGN
-    time.sleep(0.55)
+    sandbox.advance(61)
     aws_acts.wait_endpoint_deleted(inp)  # "deleted" counts as gone
-    time.sleep(0.5)
+    sandbox.advance(61)
     aws_acts.wait_endpoint_deleted(inp)  # and so does "no longer listed"
     # Already gone = success, and a new create after deletion makes a fresh endpoint lookup.
     assert aws_acts.delete_endpoint(inp).vpc_endpoint_ids == []

@@ -280,11 +280,11 @@ def test_client_token_idempotency(sandbox: SandboxAws, aws_seed: SandboxSeed) ->
 # 9
 def test_state_transitions_with_delay(sandbox: SandboxAws, aws_seed: SandboxSeed) -> None:
     seed = aws_seed
-    sandbox.set_delays(pending=0.6)
+    sandbox.set_delays(pending=60)
     ep = create(sandbox, seed)
     assert ep["State"] == "pending"
     assert state_of(sandbox, seed, ep["VpcEndpointId"]) == "pending"
-    time.sleep(0.65)
+    sandbox.advance(61)
     assert state_of(sandbox, seed, ep["VpcEndpointId"]) == "available"
     sandbox.set_delays(pending=0)
     ep = create(sandbox, seed)
@@ -294,11 +294,11 @@ def test_state_transitions_with_delay(sandbox: SandboxAws, aws_seed: SandboxSeed
 
 def test_acceptance_accept(sandbox: SandboxAws, aws_seed: SandboxSeed) -> None:
     seed = aws_seed
-    sandbox.set_delays(pending=0.6)
+    sandbox.set_delays(pending=60)
     ep = create(sandbox, seed, "acceptance_required")
     ep_id = ep["VpcEndpointId"]
     assert ep["State"] == "pendingAcceptance"
-    time.sleep(0.25)
+    sandbox.advance(600)
     assert state_of(sandbox, seed, ep_id) == "pendingAcceptance"  # never moves on its own
     # Only the owner can accept.
     svc_id = seed.customer_service_ids["acceptance_required"]
@@ -314,7 +314,7 @@ def test_acceptance_accept(sandbox: SandboxAws, aws_seed: SandboxSeed) -> None:
         for c in sandbox.connections(seed.customer_services["acceptance_required"], "pendingAcceptance")
     ]
     assert state_of(sandbox, seed, ep_id) == "pending"
-    time.sleep(0.65)
+    sandbox.advance(61)
     assert state_of(sandbox, seed, ep_id) == "available"
     # Accepting again: not pending acceptance any more → Unsuccessful.
     assert sandbox.accept(seed.customer_services["acceptance_required"], ep_id)[0]["ResourceId"] == ep_id
@@ -334,14 +334,14 @@ def test_delete_transitions(sandbox: SandboxAws, aws_seed: SandboxSeed) -> None:
     seed = aws_seed
     ep = create(sandbox, seed)
     ep_id, enis = ep["VpcEndpointId"], ep["NetworkInterfaceIds"]
-    sandbox.set_delays(deleting=0.5, deleted_visible=0.5)
+    sandbox.set_delays(deleting=60, deleted_visible=60)
     assert ours(sandbox, seed).delete_vpc_endpoints(VpcEndpointIds=[ep_id])["Unsuccessful"] == []
     assert state_of(sandbox, seed, ep_id) == "deleting"
-    time.sleep(0.55)
+    sandbox.advance(61)
     assert state_of(sandbox, seed, ep_id) == "deleted"
     with pytest.raises(ClientError):
         ours(sandbox, seed).describe_network_interfaces(NetworkInterfaceIds=enis)
-    time.sleep(0.5)
+    sandbox.advance(61)
     with pytest.raises(ClientError) as exc:
         ours(sandbox, seed).describe_vpc_endpoints(VpcEndpointIds=[ep_id])
     assert error_of(exc)[0] == "InvalidVpcEndpointId.NotFound"

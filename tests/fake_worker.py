@@ -12,7 +12,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from settings import Settings
-from tests.fakes import CountingGuardActivities, FakeActivities, FakeWorld
+from tests.fakes import FakeWorld, fake_activities
 from worker import build_worker
 
 
@@ -23,7 +23,7 @@ async def main(address: str, task_queue: str, world_path: str) -> None:
         client,
         Settings(),
         task_queue=task_queue,
-        activities=[FakeActivities(world), CountingGuardActivities(world, client, task_queue, 300)],
+        activities=fake_activities(world, client, task_queue),
         # No sticky cache: after a crash the next worker picks workflow tasks up at once.
         max_cached_workflows=0,
     )

@@ -12,13 +12,17 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import activity
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.guard import GuardActivities
+from settings import Settings
 from workflows.contracts import (
     ACT_APPLY_POLICIES,
     ACT_CHECK_PRINCIPAL,
@@ -316,3 +320,58 @@ class CountingGuardActivities(GuardActivities):
         self.world.call(req.connection_id, ACT_RELEASE_SLOT)
         self.world.effect(req.connection_id, "slot.release")
         await super().release_slot(req)
+
+
+class FakeEnv:
+    """A test's view of a worker running the fakes: client, world and task queue."""
+
+    def __init__(self, client: Client, world: FakeWorld, task_queue: str) -> None:
+        self.client = client
+        self.world = world
+        self.task_queue = task_queue
+
+
+E = TypeVar("E", bound=FakeEnv)
+
+
+def fake_activities(
+    world: FakeWorld,
+    client: Client,
+    task_queue: str,
+    *,
+    namespaces: Sequence[str] = ("tasks",),
+    leak_check_seconds: float = 300,
+) -> list[object]:
+    return [
+        FakeActivities(world, namespaces=tuple(namespaces)),
+        CountingGuardActivities(world, client, task_queue, leak_check_seconds),
+    ]
+
+
+@asynccontextmanager
+async def fake_worker(
+    client: Client,
+    world_path: Path,
+    env_type: type[E],
+    *,
+    namespaces: Sequence[str] = ("tasks",),
+    leak_check_seconds: float = 300,
+    extra_workflows: Sequence[type] = (),
+) -> AsyncIterator[E]:
+    """The real workflows and guard adapter with the fakes, on a fresh task queue."""
+    from tests.wfutil import uid
+    from worker import build_worker
+
+    world = FakeWorld(world_path)
+    tq = uid("tq")
+    worker = build_worker(
+        client,
+        Settings(),
+        task_queue=tq,
+        extra_workflows=extra_workflows,
+        activities=fake_activities(
+            world, client, tq, namespaces=namespaces, leak_check_seconds=leak_check_seconds
+        ),
+    )
+    async with worker:
+        yield env_type(client, world, tq)

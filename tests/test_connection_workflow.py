@@ -13,10 +13,8 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import CancelledError
 
-from settings import Settings
-from tests.fakes import CountingGuardActivities, FakeActivities, FakeWorld
+from tests.fakes import FakeEnv, FakeWorld, fake_worker
 from tests.wfutil import make_input, query, save_history, start, uid, wait_status
-from worker import build_worker
 from workflows.contracts import (
     ACT_APPLY_POLICIES,
     ACT_CHECK_PRINCIPAL,
@@ -49,28 +47,16 @@ COMPENSATIONS = {
 }
 
 
-class Env:
-    def __init__(self, client: Client, world: FakeWorld, task_queue: str) -> None:
-        self.client = client
-        self.world = world
-        self.task_queue = task_queue
+class Env(FakeEnv):
+    pass
 
 
 @pytest.fixture
 async def env(temporal_client: Client, tmp_path: Path) -> AsyncIterator[Env]:
-    world = FakeWorld(tmp_path / "world.db")
-    tq = uid("tq")
-    worker = build_worker(
-        temporal_client,
-        Settings(),
-        task_queue=tq,
-        activities=[
-            FakeActivities(world, namespaces=("tasks", "tasks-gpu")),
-            CountingGuardActivities(world, temporal_client, tq, 300),
-        ],
-    )
-    async with worker:
-        yield Env(temporal_client, world, tq)
+    async with fake_worker(
+        temporal_client, tmp_path / "world.db", Env, namespaces=("tasks", "tasks-gpu")
+    ) as e:
+        yield e
 
 
 def compensations(world: FakeWorld, conn: str) -> list[str]:

@@ -15,11 +15,9 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.testing import WorkflowEnvironment
 
 from sandbox.binaries import temporal_cli_path
-from settings import Settings
-from tests.fakes import CountingGuardActivities, FakeActivities, FakeWorld
+from tests.fakes import FakeEnv, fake_worker
 from tests.guard_requester import GuardRequester
 from tests.wfutil import make_input, query, save_history, start, uid, wait_status
-from worker import build_worker
 from workflows.contracts import (
     QUERY_USAGE,
     SIGNAL_ACQUIRE,
@@ -37,12 +35,7 @@ from workflows.contracts import (
 from workflows.org_guard import OrgGuardWorkflow
 
 
-class Env:
-    def __init__(self, client: Client, world: FakeWorld, task_queue: str) -> None:
-        self.client = client
-        self.world = world
-        self.task_queue = task_queue
-
+class Env(FakeEnv):
     async def usage(self, org: str) -> GuardUsage:
         handle = self.client.get_workflow_handle(org_guard_workflow_id(org))
         usage: GuardUsage = await handle.query(QUERY_USAGE, result_type=GuardUsage)
@@ -67,21 +60,15 @@ class Env:
 
 @pytest.fixture
 async def env(temporal_client: Client, tmp_path: Path) -> AsyncIterator[Env]:
-    world = FakeWorld(tmp_path / "world.db")
-    tq = uid("tq")
-    worker = build_worker(
+    # leak check every second so the leak-repair test is quick
+    async with fake_worker(
         temporal_client,
-        Settings(),
-        task_queue=tq,
+        tmp_path / "world.db",
+        Env,
+        leak_check_seconds=1,
         extra_workflows=[GuardRequester],
-        activities=[
-            FakeActivities(world),
-            # leak check every second so the leak-repair test is quick
-            CountingGuardActivities(world, temporal_client, tq, 1),
-        ],
-    )
-    async with worker:
-        yield Env(temporal_client, world, tq)
+    ) as e:
+        yield e
 
 
 async def test_ten_concurrent_creates_admit_exactly_the_limit(env: Env) -> None:

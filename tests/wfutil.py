@@ -42,6 +42,7 @@ def fast_options(**overrides: Any) -> ConnectionOptions:
         "step_timeout": timedelta(seconds=5),
         "poll_initial_interval": timedelta(milliseconds=200),
         "poll_max_interval": timedelta(seconds=1),
+        "acceptance_poll_max_interval": timedelta(seconds=1),
         "slot_decision_timeout": timedelta(seconds=20),
         "drift_check_interval": timedelta(hours=1),
     }

@@ -13,7 +13,7 @@ import asyncio
 import builtins
 import functools
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
 from temporalio import workflow
@@ -49,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         SIGNAL_DELETE,
         SIGNAL_RETRY_NOW,
         SIGNAL_SLOT_DECISION,
+        STATE_UNCHANGED,
         ApplyPoliciesInput,
         ApplyPoliciesResult,
         CheckPrincipalInput,
@@ -435,9 +436,15 @@ class PrivateConnectionWorkflow:
                     functools.partial(self._poll_state, ref.vpc_endpoint_id, state, remaining)
                 )
             except ActivityError as err:
-                if isinstance(err.cause, TimeoutError) or err.retry_state == RetryState.TIMEOUT:
-                    raise self._wait_timeout(s, ref.vpc_endpoint_id) from None
-                raise failure_of(err, Reason.ENDPOINT_FAILED, "waiting for the endpoint") from None
+                if not (
+                    isinstance(err.cause, TimeoutError) or err.retry_state == RetryState.TIMEOUT
+                ):
+                    raise failure_of(
+                        err, Reason.ENDPOINT_FAILED, "waiting for the endpoint"
+                    ) from None
+                # Temporal gives up when the next retry would pass the deadline: wait for
+                # the deadline itself and take one last look before failing.
+                result = await self._last_look(ref.vpc_endpoint_id, state, s, deadline)
             state = result.state
             self._attempts = result.attempt
 
@@ -461,7 +468,32 @@ class PrivateConnectionWorkflow:
             )
         return addresses
 
-    async def _poll_state(self, endpoint_id: str, last: str, budget: timedelta) -> EndpointState:
+    async def _last_look(
+        self, endpoint_id: str, last: str, s: str, deadline: datetime
+    ) -> EndpointState:
+        left = deadline - workflow.now()
+        if left > timedelta(0):
+            try:
+                await workflow.wait_condition(
+                    lambda: self._stopping or self._retry_now,
+                    timeout=left,
+                    timeout_summary="deadline of the wait",
+                )
+            except builtins.TimeoutError:
+                pass
+            if self._stopping:
+                raise StopRequested()
+        try:
+            return await self._poll_state(endpoint_id, last, None)
+        except ActivityError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == STATE_UNCHANGED:
+                raise self._wait_timeout(s, endpoint_id) from None
+            raise failure_of(err, Reason.ENDPOINT_FAILED, "waiting for the endpoint") from None
+
+    async def _poll_state(
+        self, endpoint_id: str, last: str, budget: timedelta | None
+    ) -> EndpointState:
         """One poll loop: retries (with capped backoff) until the state differs from last."""
         opts = self._inp.options
         state: EndpointState = await self._activity(
@@ -472,8 +504,13 @@ class PrivateConnectionWorkflow:
             retry=RetryPolicy(
                 initial_interval=opts.poll_initial_interval,
                 backoff_coefficient=1.5,
-                maximum_interval=opts.poll_max_interval,
+                maximum_interval=(
+                    opts.acceptance_poll_max_interval
+                    if last.lower() == "pendingacceptance"
+                    else opts.poll_max_interval
+                ),
                 non_retryable_error_types=NON_RETRYABLE_TYPES,
+                maximum_attempts=0 if budget is not None else 1,  # None: a single look
             ),
             schedule_to_close=budget,
         )

@@ -195,6 +195,9 @@ class ConnectionOptions(BaseModel):
     # Upper bound of the poll loop backoff for endpoint state (activity retry interval).
     poll_max_interval: timedelta = timedelta(seconds=30)
     poll_initial_interval: timedelta = timedelta(seconds=1)
+    # While the customer has not accepted yet, poll less often: a 7-day wait at the
+    # 30 s cap would cost ~20,000 DescribeVpcEndpoints calls (`privnet retry` skips ahead).
+    acceptance_poll_max_interval: timedelta = timedelta(minutes=5)
 
 
 class ResumeState(BaseModel):

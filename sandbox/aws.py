@@ -42,12 +42,14 @@ import argparse
 import hashlib
 import io
 import json
+import pickle
 import random
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -734,6 +736,46 @@ class SandboxAws:
         if self._server is not None:
             self._server.stop()
             self._server = None
+
+    # persistence (the dev stack keeps its AWS across restarts)
+    SNAPSHOT_SERVICES = ("ec2", "elbv2", "iam", "sts")
+
+    def snapshot(self, path: str | Path) -> None:
+        """Write moto's state (every account and region of the services privnet uses,
+        including the PrivateLink model) to ``path`` atomically."""
+        from moto.backends import get_backend
+
+        with _LOCK:
+            data = {
+                name: {acct: dict(regions) for acct, regions in get_backend(name).items()}  # type: ignore[call-overload]
+                for name in self.SNAPSHOT_SERVICES
+            }
+            blob = pickle.dumps({"clock": _now(), "backends": data})
+        target = Path(path)
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        tmp.write_bytes(blob)
+        tmp.replace(target)
+
+    def restore(self, path: str | Path) -> None:
+        """Load a ``snapshot``. Pending transitions resume where they were (the time the
+        sandbox was down does not count)."""
+        from moto.backends import get_backend
+
+        saved = pickle.loads(Path(path).read_bytes())  # noqa: S301 - our own file
+        shift = _now() - float(saved["clock"])
+        with _LOCK:
+            for name, accounts in saved["backends"].items():
+                backend_dict = get_backend(name)
+                for acct, regions in accounts.items():
+                    for region, backend in regions.items():
+                        if name == "ec2":
+                            for ep in backend.vpc_end_points.values():
+                                pl = getattr(ep, "_pl", None) or {}
+                                for key in ("ready_at", "deleted_at", "gone_at"):
+                                    if key in pl and pl[key] != float("inf"):
+                                        pl[key] += shift
+                        backend_dict[acct][region] = backend
+        self._sessions.clear()
 
     @property
     def url(self) -> str:

@@ -36,6 +36,8 @@ from workflows.contracts import SEARCH_ATTRIBUTES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REGION = "us-east-1"
+AWS_STATE = "aws-state.pickle"  # sandbox AWS (moto) state, kept across restarts
+AWS_SEED = "aws-seed.json"  # the accounts, networks and services it was seeded with
 OTHER_REGION = "us-west-2"
 STACK_KEYS = (
     "temporal_address",
@@ -101,6 +103,7 @@ class Stack:
         self.info: dict[str, Any] = {}
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._snap_stop = threading.Event()
+        self._aws_requests_snapshotted = -1
         self._snap_thread: threading.Thread | None = None
         self._stopped = False
 
@@ -305,11 +308,20 @@ class Stack:
             time.sleep(0.05)
 
     def _start_aws(self) -> tuple[str, Any]:
-        from sandbox.aws import SandboxAws
+        from sandbox.aws import SandboxAws, SandboxSeed
 
         self.aws = _make_sandbox_aws(SandboxAws, self.data_dir)
         url = self.aws.start()
-        seed = self.aws.seed_default(DEFAULT_REGION, OTHER_REGION)
+        state, seed_file = self.data_dir / AWS_STATE, self.data_dir / AWS_SEED
+        if state.exists() and seed_file.exists():
+            # Same accounts, services and endpoints as before the restart.
+            self.aws.restore(state)
+            seed = SandboxSeed.model_validate_json(seed_file.read_text())
+            seed = seed.model_copy(update={"endpoint_url": url})
+        else:
+            seed = self.aws.seed_default(DEFAULT_REGION, OTHER_REGION)
+            self.aws.snapshot(state)
+        seed_file.write_text(seed.model_dump_json(indent=2))
         return url, seed
 
     def _start_kube(self) -> str:
@@ -336,9 +348,11 @@ class Stack:
             tmp = self.data_dir / "kube-state.json.tmp"
             tmp.write_text(json.dumps(items))
             tmp.replace(self.data_dir / "kube-state.json")
-        snap = getattr(self.aws, "snapshot", None)
-        if callable(snap):
-            snap()
+        if self.aws is not None:
+            seen = sum(self.aws.requests.values())
+            if seen != self._aws_requests_snapshotted:  # only when AWS was called since
+                self.aws.snapshot(self.data_dir / AWS_STATE)
+                self._aws_requests_snapshotted = seen
 
     def _snapshot_loop(self) -> None:
         while not self._snap_stop.wait(1.0):

@@ -260,5 +260,17 @@ def test_restart_keeps_connections_and_active_ones_can_be_deleted(stack: StackPr
     after = {c["connection_id"]: c["status"] for c in stack.cli_json("list")}
     assert after == before
     assert stack.cli_json("get", org, "keep")["status"] == "Active"
+    # `retry` on an Active connection runs its drift check now: the endpoint must still
+    # exist in the restarted sandbox AWS (else it would fail ENDPOINT_DELETED).
+    stack.cli_json("retry", org, "keep")
+    for _ in range(30):
+        view = stack.cli_json("get", org, "keep")
+        if any("drift" in (t.get("detail") or "") for t in view["timeline"]) or view[
+            "status"
+        ] != "Active":
+            break
+        time.sleep(0.2)
+    assert view["status"] == "Active", view
+    assert view["ips"] == active["ips"] and view["vpc_endpoint_id"] == active["vpc_endpoint_id"]
     done = stack.cli_json("delete", org, "keep", "--wait")
     assert done["status"] == "Deleted", done

@@ -474,8 +474,9 @@ class ConnectionsClient:
             # replay them so a watcher sees every transition, in order.
             row = await self._store_get(org_id, connection_id, with_timeline=True)
             entries = (row.timeline or []) if row is not None else []
-            if seen is None:  # replay=False: only what happens from now on
-                seen = len(entries)
+            if seen is None:  # replay=False: from the latest recorded status on
+                seen = max(len(entries) - 1, 0)
+                replayed.update(e.status for e in entries[:seen])
             for entry in entries[seen:]:
                 replayed.add(entry.status)
                 if entry.status != last_status:
@@ -491,7 +492,8 @@ class ConnectionsClient:
                 last_status, last_key = view.status, key
                 yield view
             # else: the query lags the store (it moves once the write returned): skip
-            if ConnectionStatus(view.status).terminal or view.status in stop:
+            latest = entries[-1].status if entries else view.status
+            if any(ConnectionStatus(x).terminal or x in stop for x in (view.status, latest)):
                 return
             if deadline is not None and loop.time() >= deadline:
                 raise TimeoutError(

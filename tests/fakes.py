@@ -153,6 +153,10 @@ class FakeActivities:
         err = self.world.get(f"fail:{conn}:{name}")
         if err:
             raise ApplicationError(f"injected {err} in {name}", type=err, non_retryable=True)
+        if self.world.get(f"pause_before:{conn}:{name}"):  # before the side effect
+            self.world.set(f"reached_before:{conn}:{name}", True)
+            while self.world.get(f"pause_before:{conn}:{name}"):
+                time.sleep(0.05)
 
     def _checkpoint(self, conn: str, name: str) -> None:
         """After the side effect: a crash here must not duplicate it on retry."""

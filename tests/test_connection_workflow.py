@@ -338,3 +338,28 @@ async def test_active_connection_continues_as_new_and_still_deletes_cleanly(env:
     assert [r.seq for r in records] == sorted({r.seq for r in records})  # no seq reused
     assert records[-1].status.value == "Deleted"
     assert env.world.effects(conn).count("endpoint.create") == 1
+
+
+@pytest.mark.parametrize("activity_name", [ACT_CREATE_ENDPOINT, ACT_APPLY_POLICIES])
+async def test_temporal_cancel_during_a_slow_create_waits_for_it_then_undoes_it(
+    env: Env, activity_name: str
+) -> None:
+    """The create is still running when the workflow is cancelled: compensation must not
+    run before it finished, or the endpoint/policy it then makes would leak."""
+    org, conn = uid("org"), uid("c")
+    env.world.set(f"pause_before:{conn}:{activity_name}", True)
+    handle = await start(env.client, make_input(org, conn), env.task_queue)
+    for _ in range(200):
+        if env.world.get(f"reached_before:{conn}:{activity_name}"):
+            break
+        await asyncio.sleep(0.05)
+    await handle.cancel()
+    await asyncio.sleep(1.5)
+    assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+    env.world.delete(f"pause_before:{conn}:{activity_name}")  # the slow call completes now
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    assert env.world.effects(conn).count("endpoint.create") == 1
+    assert env.world.get(f"endpoint:{conn}")["state"] == "deleted"
+    assert env.world.get(f"policy:tasks:{conn}") is None
+    assert env.world.statuses(conn)[-1].status.value == "Cancelled"

@@ -169,6 +169,7 @@ class PrivateConnectionWorkflow:
         self._slot: SlotDecision | None = None
         # Compensations for the steps that ran, in order; run in reverse.
         self._undo: list[str] = []
+        self._in_flight: list[asyncio.Future[Any]] = []
         self._acceptance_required = False
         self._attempts = 0
         if inp.resume is not None:
@@ -331,8 +332,11 @@ class PrivateConnectionWorkflow:
             raise StopRequested()
         await self._record(S.CREATING_ENDPOINT, "creating the interface VPC endpoint")
         self._details("CreateVpcEndpoint (or find ours by tag)", "AWS answer")
+        # Registered before the call: a worker crash, a lost response or a cancellation
+        # mid-call may hide a created endpoint, which compensation finds by its tags.
+        self._undo.append("endpoint")
         try:
-            ref: EndpointRef = await self._activity(
+            ref: EndpointRef = await self._side_effect(
                 ACT_CREATE_ENDPOINT,
                 CreateEndpointInput(
                     org_id=inp.org_id,
@@ -346,14 +350,9 @@ class PrivateConnectionWorkflow:
                 summary="create the interface VPC endpoint",
             )
         except ActivityError as err:
-            failed = failure_of(err, Reason.ENDPOINT_CREATE_FAILED, "creating the endpoint")
-            if not (
-                isinstance(err.cause, ApplicationError) and err.cause.type in NON_RETRYABLE_TYPES
-            ):
-                # A lost response may hide a created endpoint: delete by tag to be sure.
-                self._undo.append("endpoint")
-            raise failed from None
-        self._undo.append("endpoint")
+            if isinstance(err.cause, ApplicationError) and err.cause.type in NON_RETRYABLE_TYPES:
+                self._undo.remove("endpoint")  # AWS refused the request: nothing exists
+            raise failure_of(err, Reason.ENDPOINT_CREATE_FAILED, "creating the endpoint") from None
         self._state.vpc_endpoint_id = ref.vpc_endpoint_id
         workflow.upsert_search_attributes([SA_ENDPOINT_ID.value_set(ref.vpc_endpoint_id)])
 
@@ -635,6 +634,7 @@ class PrivateConnectionWorkflow:
         self._state.reason = reason
         self._state.message = message
 
+        await self._settle_in_flight()
         if self._undo:
             why = {S.FAILED: f"cleaning up after {reason}", S.DELETED: "delete requested"}
             await self._record(S.DELETING, why.get(final, "cleaning up: " + message))
@@ -699,8 +699,26 @@ class PrivateConnectionWorkflow:
 
     # ------------------------------------------------------------------ helpers
 
+    async def _side_effect(self, name: str, arg: Any, result_type: type, *, summary: str) -> Any:
+        """An activity that creates something. If the workflow is cancelled meanwhile, the
+        activity is not abandoned: compensation first waits for it to finish, so what it
+        creates is seen and undone (an abandoned attempt could create after the undo)."""
+        task = asyncio.ensure_future(self._activity(name, arg, result_type, summary=summary))
+        self._in_flight.append(task)
+        return await asyncio.shield(task)
+
+    async def _settle_in_flight(self) -> None:
+        for task in self._in_flight:
+            if not task.done():
+                self._details("Waiting for an in-flight step to finish", "its activity")
+                try:
+                    await task
+                except BaseException:  # noqa: BLE001 - compensation undoes it either way
+                    pass
+        self._in_flight.clear()
+
     async def _apply_policies(self, ips: list[str]) -> ApplyPoliciesResult:
-        result: ApplyPoliciesResult = await self._activity(
+        result: ApplyPoliciesResult = await self._side_effect(
             ACT_APPLY_POLICIES,
             ApplyPoliciesInput(
                 org_id=self._inp.org_id,

@@ -363,3 +363,4 @@ async def test_temporal_cancel_during_a_slow_create_waits_for_it_then_undoes_it(
     assert env.world.get(f"endpoint:{conn}")["state"] == "deleted"
     assert env.world.get(f"policy:tasks:{conn}") is None
     assert env.world.statuses(conn)[-1].status.value == "Cancelled"
+    await save_history(handle, f"connection_cancel_during_{activity_name}")

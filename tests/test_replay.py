@@ -27,6 +27,8 @@ EXPECTED = {
     "connection_fail_step5",
     "connection_cancel_signal",
     "connection_temporal_cancel",
+    "connection_cancel_during_create_endpoint",
+    "connection_cancel_during_apply_policies",
     "connection_acceptance",
     "connection_rejected",
     "connection_admitted_then_deleted",

@@ -28,14 +28,13 @@ with workflow.unsafe.imports_passed_through():
         AcquireRequest,
         ClosedWorkflowsInput,
         ClosedWorkflowsResult,
+        GuardRequest,
         GuardUsage,
         OrgGuardInput,
         ReleaseRequest,
         SetLimitRequest,
         SlotDecision,
     )
-
-Request = AcquireRequest | ReleaseRequest | SetLimitRequest
 
 
 @workflow.defn(name="OrgGuardWorkflow")
@@ -45,7 +44,7 @@ class OrgGuardWorkflow:
         self._org = inp.org_id
         self._limit = inp.limit
         self._holders: dict[str, str] = dict(inp.holders)
-        self._queue: list[Request] = list(inp.pending)
+        self._queue: list[GuardRequest] = list(inp.pending)
         self._leak_check_interval = inp.leak_check_interval
         self._check_leaks_now = False
         self._max_history = inp.max_history_events

@@ -14,7 +14,6 @@ import boto3
 
 from activities.aws import AwsActivities, CallCounter
 from sandbox.aws import SANDBOX_ACCESS_KEY, SANDBOX_SECRET_KEY, SandboxAws
-from settings import EndpointNetwork, Settings
 from workflows.contracts import (
     CheckPrincipalInput,
     CreateEndpointInput,
@@ -45,14 +44,7 @@ def main() -> None:
     sandbox.start()
     try:
         seed = sandbox.seed_default()
-        settings = Settings(
-            aws_region=seed.region, aws_role_arn=seed.role_arn, aws_endpoint_url=sandbox.url,
-            endpoint_networks={
-                r: EndpointNetwork(vpc_id=n.vpc_id, subnet_ids=n.subnet_ids,
-                                   security_group_ids=n.security_group_ids)
-                for r, n in seed.endpoint_networks.items()
-            },
-        )
+        settings = seed.settings(aws_endpoint_url=sandbox.url)
         counter = CallCounter()
         acts = AwsActivities(settings, boto3.Session(
             aws_access_key_id=SANDBOX_ACCESS_KEY, aws_secret_access_key=SANDBOX_SECRET_KEY,

@@ -26,7 +26,6 @@ from activities.store import Store  # noqa: E402
 from sandbox.aws import SandboxAws  # noqa: E402
 from sandbox.binaries import temporal_cli_path  # noqa: E402
 from sandbox.kube import SandboxKube  # noqa: E402
-from settings import EndpointNetwork, Settings  # noqa: E402
 from starter.client import ConnectionsClient  # noqa: E402
 from worker import build_worker  # noqa: E402
 from workflows.contracts import SEARCH_ATTRIBUTES  # noqa: E402
@@ -58,19 +57,10 @@ async def main(n: int) -> None:
         search_attributes=SEARCH_ATTRIBUTES,
         dev_server_existing_path=temporal_cli_path(),
     )
-    settings = Settings(
+    settings = seed.settings(
         temporal_address=env.client.service_client.config.target_host,
         database_url=f"sqlite:///{tmp / 'bench.db'}",
-        aws_region=seed.region,
-        aws_role_arn=seed.role_arn,
-        aws_endpoint_url=seed.endpoint_url,
         aws_principal_arn=seed.principal_arn,
-        endpoint_networks={
-            r: EndpointNetwork(
-                vpc_id=x.vpc_id, subnet_ids=x.subnet_ids, security_group_ids=x.security_group_ids
-            )
-            for r, x in seed.endpoint_networks.items()
-        },
         kube_url=kube_url,
         default_org_limit=n,
     )

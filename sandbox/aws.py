@@ -50,11 +50,14 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import boto3
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from settings import Settings
 
 # --------------------------------------------------------------------------- constants
 
@@ -665,6 +668,26 @@ class SandboxSeed(BaseModel):
     customer_nlb_arns: dict[str, str]  # region → the customer's internal NLB
     access_key_id: str = SANDBOX_ACCESS_KEY
     secret_access_key: str = SANDBOX_SECRET_KEY
+
+    def settings(self, **overrides: Any) -> Settings:
+        """privnet settings that use this sandbox as the endpoints account."""
+        from settings import EndpointNetwork, Settings
+
+        values: dict[str, Any] = {
+            "aws_region": self.region,
+            "aws_role_arn": self.role_arn,
+            "aws_endpoint_url": self.endpoint_url,
+            "endpoint_networks": {
+                region: EndpointNetwork(
+                    vpc_id=n.vpc_id,
+                    subnet_ids=n.subnet_ids,
+                    security_group_ids=n.security_group_ids,
+                )
+                for region, n in self.endpoint_networks.items()
+            },
+        }
+        values.update(overrides)
+        return Settings(**values)
 
     def env(self) -> dict[str, str]:
         """PRIVNET_* / AWS_* variables a worker needs to use this sandbox."""

@@ -16,7 +16,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.aws import AwsActivities, CallCounter
 from sandbox.aws import SANDBOX_ACCESS_KEY, SANDBOX_SECRET_KEY, SandboxAws, SandboxSeed
-from settings import EndpointNetwork, Settings
+from settings import Settings
 
 T = TypeVar("T")
 _ids = itertools.count(1)
@@ -61,20 +61,7 @@ def base_session() -> boto3.Session:
 
 
 def make_settings(seed: SandboxSeed, **overrides: Any) -> Settings:
-    networks = {
-        region: EndpointNetwork(
-            vpc_id=n.vpc_id, subnet_ids=n.subnet_ids, security_group_ids=n.security_group_ids
-        )
-        for region, n in seed.endpoint_networks.items()
-    }
-    values: dict[str, Any] = {
-        "aws_region": seed.region,
-        "aws_role_arn": seed.role_arn,
-        "aws_endpoint_url": seed.endpoint_url,
-        "endpoint_networks": networks,
-    }
-    values.update(overrides)
-    return Settings(**values)
+    return seed.settings(**overrides)
 
 
 FAST = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=2, read_timeout=10)

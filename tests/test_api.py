@@ -19,7 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from sandbox.aws import SandboxAws, SandboxSeed
 from sandbox.kube import SandboxKube
-from settings import EndpointNetwork, Settings
+from settings import Settings
 from starter.api import create_app
 from starter.client import ConnectionsClient
 from workflows.contracts import SERVICE_NAME_FORMAT
@@ -55,20 +55,11 @@ async def api(temporal_env: WorkflowEnvironment, tmp_path_factory: Any) -> Async
     kube = SandboxKube()
     kube_url = kube.start()
     tmp: Path = tmp_path_factory.mktemp("api")
-    settings = Settings(  # type: ignore[call-arg]
+    settings = seed.settings(
         temporal_address=temporal_env.client.service_client.config.target_host,
         task_queue="api-" + uuid.uuid4().hex[:8],
         database_url=f"sqlite:///{tmp / 'api.db'}",
-        aws_region=seed.region,
-        aws_role_arn=seed.role_arn,
-        aws_endpoint_url=seed.endpoint_url,
         aws_principal_arn=seed.principal_arn,
-        endpoint_networks={
-            r: EndpointNetwork(
-                vpc_id=n.vpc_id, subnet_ids=n.subnet_ids, security_group_ids=n.security_group_ids
-            )
-            for r, n in seed.endpoint_networks.items()
-        },
         kube_url=kube_url,
         task_namespaces=["tasks"],
         api_tokens=[TOKEN],

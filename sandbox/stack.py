@@ -157,14 +157,6 @@ class Stack:
 
         api_port = free_port()
         token = self._api_token()
-        networks = {
-            region: {
-                "vpc_id": net.vpc_id,
-                "subnet_ids": list(net.subnet_ids),
-                "security_group_ids": list(net.security_group_ids),
-            }
-            for region, net in _endpoint_networks(seed).items()
-        }
         task_namespaces = ["tasks"]
         ui_url = f"http://127.0.0.1:{ui_port}"
         env = {
@@ -173,19 +165,12 @@ class Stack:
             "PRIVNET_TEMPORAL_UI_URL": ui_url,
             "PRIVNET_TASK_QUEUE": "privnet",
             "PRIVNET_DATABASE_URL": database_url,
-            "PRIVNET_AWS_REGION": seed.region,
-            "PRIVNET_AWS_ENDPOINT_URL": aws_url,
-            "PRIVNET_AWS_ROLE_ARN": seed.role_arn,
-            "PRIVNET_AWS_PRINCIPAL_ARN": seed.principal_arn,
-            "PRIVNET_ENDPOINT_NETWORKS": json.dumps(networks),
+            **seed.env(),  # PRIVNET_AWS_*, PRIVNET_ENDPOINT_NETWORKS and AWS_* credentials
             "PRIVNET_KUBE_URL": kube_url,
             "PRIVNET_TASK_NAMESPACES": json.dumps(task_namespaces),
             "PRIVNET_API_TOKENS": json.dumps([token]),
             "PRIVNET_API_HOST": "127.0.0.1",
             "PRIVNET_API_PORT": str(api_port),
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": seed.region,
         }
         if self.with_worker:
             self._spawn("worker", ["worker"], env)
@@ -426,13 +411,6 @@ def _terminate(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
-
-
-def _endpoint_networks(seed: Any) -> dict[str, Any]:
-    nets = seed.endpoint_networks
-    if isinstance(nets, dict):
-        return nets
-    return {n.region: n for n in nets}
 
 
 def _make_sandbox_aws(cls: Any, data_dir: Path) -> Any:

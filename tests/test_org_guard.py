@@ -10,15 +10,25 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.testing import WorkflowEnvironment
 
 from sandbox.binaries import temporal_cli_path
-from tests.fakes import FakeEnv, fake_worker
+from settings import Settings
+from tests.fakes import (
+    CountingGuardActivities,
+    FakeActivities,
+    FakeEnv,
+    FakeWorld,
+    fake_worker,
+)
 from tests.guard_requester import GuardRequester
 from tests.wfutil import make_input, query, save_history, start, uid, wait_status
+from worker import build_worker
 from workflows.contracts import (
+    ACT_REQUEST_SLOT,
     QUERY_USAGE,
     SIGNAL_ACQUIRE,
     SIGNAL_DELETE,
@@ -30,6 +40,7 @@ from workflows.contracts import (
     ReleaseRequest,
     SetLimitRequest,
     SlotDecision,
+    SlotRequest,
     org_guard_workflow_id,
 )
 from workflows.org_guard import OrgGuardWorkflow
@@ -235,3 +246,32 @@ async def test_terminated_holder_is_released_by_leak_repair(
     await save_history(
         env.client.get_workflow_handle(org_guard_workflow_id(org)), "guard_leak_repair"
     )
+
+
+class SilentGuard(CountingGuardActivities):
+    """A guard adapter whose acquire never reaches the guard (a lost or stuck guard)."""
+
+    @activity.defn(name=ACT_REQUEST_SLOT)
+    async def request_slot(self, req: SlotRequest) -> None:
+        self.world.call(req.connection_id, ACT_REQUEST_SLOT)
+
+
+async def test_no_slot_decision_fails_clearly_instead_of_hanging(
+    temporal_client: Client, tmp_path: Path
+) -> None:
+    world = FakeWorld(tmp_path / "world.db")
+    tq = uid("tq")
+    worker = build_worker(
+        temporal_client,
+        Settings(),
+        task_queue=tq,
+        activities=[FakeActivities(world), SilentGuard(world, temporal_client, tq, 300)],
+    )
+    org, conn = uid("org"), uid("c")
+    async with worker:
+        inp = make_input(org, conn, slot_decision_timeout=timedelta(seconds=2))
+        result = await (await start(temporal_client, inp, tq)).result()
+    assert result.status.value == "Failed"
+    assert result.reason == "SLOT_TIMEOUT"
+    assert "worker" in result.message
+    assert world.effects(conn) == ["slot.release"]  # nothing provisioned; slot released

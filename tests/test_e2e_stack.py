@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -76,6 +77,12 @@ class StackProc:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc = None
         assert not self.stack_file.exists(), "stack.json must go away with the stack"
+        # Everything it started is gone: Temporal, the API (and the worker with them).
+        host, port = self.info["temporal_address"].rsplit(":", 1)
+        with pytest.raises(OSError):
+            socket.create_connection((host, int(port)), timeout=2).close()
+        with pytest.raises(httpx.TransportError):
+            httpx.get(self.info["api_url"] + "/healthz", timeout=2)
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

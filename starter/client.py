@@ -317,7 +317,7 @@ class ConnectionsClient:
                 break
             await asyncio.sleep(0.1)
         if state is not None:
-            self._check_same_state(state, service_name)
+            self._check_same(state, service_name)
         view = await self._store_get(org_id, cid, with_timeline=False)
         if state is not None:
             fresh = view_from_state(
@@ -346,21 +346,13 @@ class ConnectionsClient:
         )
 
     @staticmethod
-    def _check_same(view: ConnectionView, service_name: str) -> None:
-        if view.endpoint_service_name != service_name:
+    def _check_same(existing: ConnectionView | ConnectionState, service_name: str) -> None:
+        """A reused connection id must name the same service (idempotent create)."""
+        if existing.endpoint_service_name != service_name:
             raise Conflict(
                 "CONNECTION_EXISTS",
-                f"connection {view.connection_id!r} already exists for "
-                f"{view.endpoint_service_name}; choose another connection id",
-            )
-
-    @staticmethod
-    def _check_same_state(state: ConnectionState, service_name: str) -> None:
-        if state.endpoint_service_name != service_name:
-            raise Conflict(
-                "CONNECTION_EXISTS",
-                f"connection {state.connection_id!r} already exists for "
-                f"{state.endpoint_service_name}; choose another connection id",
+                f"connection {existing.connection_id!r} already exists for "
+                f"{existing.endpoint_service_name}; choose another connection id",
             )
 
     async def get(self, org_id: str, connection_id: str) -> ConnectionView:

@@ -274,3 +274,19 @@ async def test_watch_reports_every_transition_in_order(api: ApiEnv) -> None:
     await api.client.delete(org, view.connection_id)
     seen = [v.status async for v in api.client.watch(org, view.connection_id, replay=False)]
     assert seen in (["Active", "Deleting", "Deleted"], ["Deleting", "Deleted"])
+
+
+async def test_reusing_a_connection_id_for_another_service_is_409(api: ApiEnv) -> None:
+    org = _org()
+    first = api.seed.customer_services["allowed"]
+    other = api.seed.customer_services["acceptance_required"]
+    r = await api.http.post(
+        f"/v1/orgs/{org}/connections", json={"endpoint_service_name": first, "connection_id": "db"}
+    )
+    assert r.status_code == 202, r.text
+    r = await api.http.post(
+        f"/v1/orgs/{org}/connections", json={"endpoint_service_name": other, "connection_id": "db"}
+    )
+    err = _assert_error(r, 409, "CONNECTION_EXISTS")
+    assert "choose another connection id" in err["message"]
+    await api.client.delete(org, "db")

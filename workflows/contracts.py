@@ -111,7 +111,12 @@ class ConnectionStatus(StrEnum):
     WAITING_FOR_IP = "WaitingForIp"
     APPLYING_POLICY = "ApplyingPolicy"
     ACTIVE = "Active"
+    # Active, but the drift check cannot currently see AWS or Kubernetes: nothing is torn
+    # down; it returns to Active by itself.
+    DEGRADED = "Degraded"
     DELETING = "Deleting"
+    # Compensation keeps retrying an error only an operator can fix (IAM action, RBAC verb).
+    CLEANUP_BLOCKED = "CleanupBlocked"
     DELETED = "Deleted"
     FAILED = "Failed"
     REJECTED = "Rejected"
@@ -157,6 +162,10 @@ class Reason(StrEnum):
     ENDPOINT_DELETED = "ENDPOINT_DELETED"
     ACCEPTANCE_TIMEOUT = "ACCEPTANCE_TIMEOUT"
     LIMIT_REACHED = "LIMIT_REACHED"
+    # an object with privnet's name but another owner (labels/tags): never changed
+    NAME_CONFLICT = "NAME_CONFLICT"
+    # an AWS quota in the endpoints account (e.g. interface endpoints per VPC)
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     # our side
     PRINCIPAL_CHECK_FAILED = "PRINCIPAL_CHECK_FAILED"
     CONFIGURATION_ERROR = "CONFIGURATION_ERROR"
@@ -175,9 +184,15 @@ RETRYABLE_THROTTLED = "AWS_THROTTLED"
 RETRYABLE_TRANSIENT = "TRANSIENT"
 STATE_UNCHANGED = "STATE_UNCHANGED"  # benign: the poll loop's "not yet"
 ENDPOINT_NOT_DELETED_YET = "ENDPOINT_NOT_DELETED_YET"
+# Retryable (benign): InvalidVpcEndpointId.NotFound before ``not_found_retry_until`` (EC2's
+# eventual consistency right after CreateVpcEndpoint), so the retry policy looks again.
+ENDPOINT_NOT_VISIBLE_YET = "ENDPOINT_NOT_VISIBLE_YET"
+# Non-retryable: InvalidVpcEndpointId.NotFound for an endpoint id. Not a verdict by itself:
+# the workflow decides when NotFound is authoritative (seen over a grace period).
+ENDPOINT_NOT_FOUND = "ENDPOINT_NOT_FOUND"
 
 # Every non-retryable type activities may raise; workflows pass it to retry policies.
-NON_RETRYABLE_TYPES: list[str] = [r.value for r in Reason]
+NON_RETRYABLE_TYPES: list[str] = [r.value for r in Reason] + [ENDPOINT_NOT_FOUND]
 
 
 # --------------------------------------------------------------------------- workflow I/O
@@ -402,6 +417,8 @@ class WaitStateInput(BaseModel):
     region: str
     vpc_endpoint_id: str
     last_state: str | None = None
+    # Until then a NotFound is EC2 eventual consistency (ENDPOINT_NOT_VISIBLE_YET, retried).
+    not_found_retry_until: datetime | None = None
 
 
 class EndpointState(BaseModel):
@@ -413,6 +430,8 @@ class EndpointState(BaseModel):
 class EndpointAddressesInput(BaseModel):
     region: str
     vpc_endpoint_id: str
+    # Until then a NotFound is EC2 eventual consistency (ENDPOINT_NOT_VISIBLE_YET, retried).
+    not_found_retry_until: datetime | None = None
 
 
 class EndpointAddresses(BaseModel):
@@ -429,6 +448,9 @@ class DeleteEndpointInput(BaseModel):
     # Connection ids are unique per org only: the tag lookup filters on both.
     org_id: str | None = None
     vpc_endpoint_id: str | None = None  # None: find by the connection-id tag
+    # A NotFound for vpc_endpoint_id before this time is EC2 eventual consistency right after
+    # our create, not "already gone" (ENDPOINT_NOT_VISIBLE_YET, retried).
+    not_found_retry_until: datetime | None = None
 
 
 class DeleteEndpointResult(BaseModel):

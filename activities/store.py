@@ -1,9 +1,11 @@
 """Connection records and their timeline (SQLAlchemy 2 Core).
 
-Two tables:
+Three tables:
 
 - ``connections``: one row per (org_id, connection_id), the latest applied status write.
 - ``connection_events``: the timeline, one row per (org_id, connection_id, seq).
+- ``org_limits``: per-org overrides of the connection limit (``privnet limits set``), kept
+  here so a guard workflow started afresh (terminate, reset) never lifts a limit.
 
 Every status write (:class:`~workflows.contracts.StatusRecord`) carries a ``seq`` that grows
 with each write of a workflow run. :meth:`Store.record` applies a write in one transaction:
@@ -69,6 +71,7 @@ from temporalio.exceptions import ApplicationError
 
 from workflows.contracts import (
     ACT_RECORD_STATUS,
+    TERMINAL_STATUSES,
     ConnectionView,
     InvalidInput,
     Reason,
@@ -154,6 +157,14 @@ connection_events = Table(
     Column("status", String(32), nullable=False),
     Column("detail", Text, nullable=False, default=""),
     UniqueConstraint("org_id", "connection_id", "seq", name="uq_connection_events_seq"),
+)
+
+org_limits = Table(
+    "org_limits",
+    metadata,
+    Column("org_id", String(63), primary_key=True),
+    Column("connection_limit", Integer, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
 )
 
 _ROW_FIELDS = (
@@ -259,7 +270,40 @@ class Store:
             applied = conn.execute(upsert).first() is not None
         return applied
 
+    def set_org_limit(self, org_id: str, limit: int) -> None:
+        """Store an org's limit override (idempotent upsert)."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        now = datetime.now(UTC)
+        ins = self._insert(org_limits).values(org_id=org_id, connection_limit=limit, updated_at=now)
+        upsert = ins.on_conflict_do_update(
+            index_elements=["org_id"],
+            set_={"connection_limit": ins.excluded.connection_limit, "updated_at": now},
+        )
+        with self._serial, self._write_engine.begin() as conn:
+            conn.execute(upsert)
+
     # ------------------------------------------------------------------ reads
+
+    def org_limit(self, org_id: str) -> int | None:
+        """The org's stored limit override, None when it has none."""
+        with self._read() as conn:
+            value = conn.execute(
+                select(org_limits.c.connection_limit).where(org_limits.c.org_id == org_id)
+            ).scalar()
+        return None if value is None else int(value)
+
+    def live_connections(self, org_id: str) -> builtins.list[ConnectionView]:
+        """The org's connections not in a terminal status: the holders of its slots."""
+        terminal = [str(s) for s in TERMINAL_STATUSES]
+        c = connections.c
+        q = (
+            select(connections)
+            .where(c.org_id == org_id, c.status.not_in(terminal))
+            .order_by(c.created_at, c.connection_id)
+        )
+        with self._read() as conn:
+            return [_view(r._mapping) for r in conn.execute(q)]
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:

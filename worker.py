@@ -142,7 +142,7 @@ def real_activities(client: Client, settings: Settings) -> list[object]:
     from activities.aws import AwsActivities
     from activities.guard import GuardActivities
     from activities.kubernetes import KubernetesActivities
-    from activities.store import Store, StoreActivities
+    from activities.store import OrgSlotActivities, Store, StoreActivities
 
     store = Store.from_settings(settings)
     store.create_schema()
@@ -150,6 +150,7 @@ def real_activities(client: Client, settings: Settings) -> list[object]:
         AwsActivities(settings),
         KubernetesActivities.from_settings(settings),
         StoreActivities(store),
+        OrgSlotActivities(store),
         GuardActivities(client, settings.task_queue, settings.guard_leak_check_interval_seconds),
     ]
 

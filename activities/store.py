@@ -1,11 +1,13 @@
 """Connection records and their timeline (SQLAlchemy 2 Core).
 
-Three tables:
+Four tables:
 
 - ``connections``: one row per (org_id, connection_id), the latest applied status write.
 - ``connection_events``: the timeline, one row per (org_id, connection_id, seq).
 - ``org_limits``: per-org overrides of the connection limit (``privnet limits set``), kept
   here so a guard workflow started afresh (terminate, reset) never lifts a limit.
+- ``org_slots``: the org guard's holders (connection → workflow), written by the guard
+  before it answers, so a guard started afresh rebuilds exactly the slots it granted.
 
 Every status write (:class:`~workflows.contracts.StatusRecord`) carries a ``seq`` that grows
 with each write of a workflow run. :meth:`Store.record` applies a write in one transaction:
@@ -70,10 +72,13 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from workflows.contracts import (
+    ACT_LOAD_ORG_SLOTS,
     ACT_RECORD_STATUS,
+    ACT_SAVE_ORG_SLOTS,
     TERMINAL_STATUSES,
     ConnectionView,
     InvalidInput,
+    OrgSlots,
     Reason,
     StatusRecord,
     TimelineEntry,
@@ -165,6 +170,15 @@ org_limits = Table(
     Column("org_id", String(63), primary_key=True),
     Column("connection_limit", Integer, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+org_slots = Table(
+    "org_slots",
+    metadata,
+    Column("org_id", String(63), primary_key=True),
+    Column("connection_id", String(64), primary_key=True),
+    Column("workflow_id", String(255), nullable=False),
+    Column("granted_at", UTCDateTime, nullable=False),
 )
 
 _ROW_FIELDS = (
@@ -283,7 +297,43 @@ class Store:
         with self._serial, self._write_engine.begin() as conn:
             conn.execute(upsert)
 
+    def save_org_slots(self, org_id: str, holders: dict[str, str]) -> None:
+        """Make the org's stored holders exactly ``holders`` (connection → workflow id), in
+        one transaction; rows of holders kept keep their ``granted_at``."""
+        t = org_slots.c
+        now = datetime.now(UTC)
+        with self._serial, self._write_engine.begin() as conn:
+            stored = {
+                r.connection_id: r.workflow_id
+                for r in conn.execute(
+                    select(t.connection_id, t.workflow_id).where(t.org_id == org_id)
+                )
+            }
+            gone = [c for c, w in stored.items() if holders.get(c) != w]
+            if gone:
+                conn.execute(
+                    org_slots.delete().where(t.org_id == org_id, t.connection_id.in_(gone))
+                )
+            new = [
+                {"org_id": org_id, "connection_id": c, "workflow_id": w, "granted_at": now}
+                for c, w in holders.items()
+                if stored.get(c) != w
+            ]
+            if new:
+                conn.execute(org_slots.insert(), new)
+
     # ------------------------------------------------------------------ reads
+
+    def org_slots(self, org_id: str) -> dict[str, str]:
+        """The org guard's stored holders: connection id → workflow id."""
+        t = org_slots.c
+        with self._read() as conn:
+            rows = conn.execute(
+                select(t.connection_id, t.workflow_id)
+                .where(t.org_id == org_id)
+                .order_by(t.granted_at, t.connection_id)
+            )
+            return {r.connection_id: r.workflow_id for r in rows}
 
     def org_limit(self, org_id: str) -> int | None:
         """The org's stored limit override, None when it has none."""
@@ -477,3 +527,23 @@ class StoreActivities:
             rec.status,
             applied,
         )
+
+
+class OrgSlotActivities:
+    """The org guard's durable state: its holders and the org's limit override. Local
+    activities of the guard workflow (a fast write before each answer)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @activity.defn(name=ACT_LOAD_ORG_SLOTS)
+    def load_org_slots(self, org_id: str) -> OrgSlots:
+        return OrgSlots(
+            org_id=org_id,
+            limit=self.store.org_limit(org_id),
+            holders=self.store.org_slots(org_id),
+        )
+
+    @activity.defn(name=ACT_SAVE_ORG_SLOTS)
+    def save_org_slots(self, slots: OrgSlots) -> None:
+        self.store.save_org_slots(slots.org_id, slots.holders)

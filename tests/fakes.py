@@ -346,9 +346,14 @@ def fake_activities(
     namespaces: Sequence[str] = ("tasks",),
     leak_check_seconds: float = 300,
 ) -> list[object]:
+    from activities.store import OrgSlotActivities, Store
+
+    store = Store(f"sqlite:///{Path(world.path).with_suffix('.store.db')}")
+    store.create_schema()
     return [
         FakeActivities(world, namespaces=tuple(namespaces)),
         CountingGuardActivities(world, client, task_queue, leak_check_seconds),
+        OrgSlotActivities(store),
     ]
 
 

@@ -213,16 +213,38 @@ class ConnectionOptions(BaseModel):
     # While the customer has not accepted yet, poll less often: a 7-day wait at the
     # 30 s cap would cost ~20,000 DescribeVpcEndpoints calls (`privnet retry` skips ahead).
     acceptance_poll_max_interval: timedelta = timedelta(minutes=5)
+    # EC2 is eventually consistent: for this long after our CreateVpcEndpoint returned, a
+    # NotFound for the new endpoint id is retried, not taken as "deleted".
+    visibility_window: timedelta = timedelta(minutes=5)
+    # One drift look (all its retries); when it cannot finish, the connection is Degraded.
+    drift_check_timeout: timedelta = timedelta(minutes=2)
+    # While Degraded (or confirming a NotFound), look again this often.
+    degraded_check_interval: timedelta = timedelta(minutes=1)
+    # NotFound ends an Active connection only when seen on consecutive looks this long.
+    not_found_grace: timedelta = timedelta(minutes=10)
+    # Continue as new after this many drift checks (besides the server's suggestion).
+    drift_checks_per_run: int = Field(default=100, ge=1)
+    # Compensation blocked on an error only an operator can fix backs off up to this.
+    cleanup_max_backoff: timedelta = timedelta(minutes=10)
+    # The guard answers in milliseconds; ask again this often until slot_decision_timeout.
+    slot_request_interval: timedelta = timedelta(seconds=15)
 
 
 class ResumeState(BaseModel):
-    """Carried across continue-as-new of an Active connection (history stays bounded)."""
+    """Carried across continue-as-new of an Active connection (history stays bounded):
+    everything the next run needs, including signals that arrived and are not handled yet."""
 
     seq: int
     vpc_endpoint_id: str
     ips: list[str]
     dns_names: list[str] = Field(default_factory=list)
     acceptance_required: bool = False
+    status: ConnectionStatus = ConnectionStatus.ACTIVE  # Active or Degraded
+    reason: str | None = None
+    message: str = ""
+    not_found_since: datetime | None = None
+    stop: Literal["delete", "cancel"] | None = None
+    retry_now: bool = False
 
 
 class ConnectionInput(BaseModel):
@@ -332,6 +354,9 @@ class OrgGuardInput(BaseModel):
     pending: list[GuardRequest] = Field(default_factory=list)
     # Continue as new when the server suggests it or the history reaches this length.
     max_history_events: int = 10_000
+    # False: a fresh start (first use, after terminate or reset): rebuild holders and limit
+    # from the store before answering anything. Continue-as-new carries True.
+    restored: bool = False
 
 
 class GuardUsage(BaseModel):
@@ -357,6 +382,17 @@ ACT_WAIT_ENDPOINT_DELETED = "wait_endpoint_deleted"
 ACT_APPLY_POLICIES = "apply_policies"
 ACT_DELETE_POLICIES = "delete_policies"
 ACT_RECORD_STATUS = "record_status"
+ACT_LOAD_ORG_SLOTS = "load_org_slots"
+ACT_SAVE_ORG_SLOTS = "save_org_slots"
+
+
+class OrgSlots(BaseModel):
+    """The org guard's durable state in the store: holders, and the limit override (None:
+    the default)."""
+
+    org_id: str
+    limit: int | None = None
+    holders: dict[str, str] = Field(default_factory=dict)  # connection_id -> workflow_id
 
 
 class SlotRequest(BaseModel):

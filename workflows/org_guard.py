@@ -6,6 +6,10 @@ admit exactly ``limit``. Each decision is signalled back to the requester
 (``slot_decision``). Holders whose workflow closed without releasing (an operator's
 terminate skips compensation) are released by a periodic leak check. The history stays
 bounded with continue-as-new, carrying holders, limit and unanswered requests.
+
+Durability beyond Temporal: the holders are written to the store (a local activity) before
+any decision is sent, and a guard started afresh (first use, terminate, reset) reads them and
+the org's limit override back before it answers, so losing the guard never lifts a limit.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from workflows.contracts import (
         ACT_CLOSED_WORKFLOWS,
+        ACT_LOAD_ORG_SLOTS,
+        ACT_SAVE_ORG_SLOTS,
         QUERY_USAGE,
         SIGNAL_ACQUIRE,
         SIGNAL_RELEASE,
@@ -31,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         GuardRequest,
         GuardUsage,
         OrgGuardInput,
+        OrgSlots,
         ReleaseRequest,
         SetLimitRequest,
         SlotDecision,
@@ -48,6 +55,7 @@ class OrgGuardWorkflow:
         self._leak_check_interval = inp.leak_check_interval
         self._check_leaks_now = False
         self._max_history = inp.max_history_events
+        self._saved: dict[str, str] | None = dict(inp.holders) if inp.restored else None
 
     @workflow.signal(name=SIGNAL_ACQUIRE)
     def acquire(self, req: AcquireRequest) -> None:
@@ -77,6 +85,8 @@ class OrgGuardWorkflow:
 
     @workflow.run
     async def run(self, inp: OrgGuardInput) -> None:
+        if not inp.restored:
+            await self._restore(inp)
         next_check = workflow.now() + self._leak_check_interval
         while True:
             wait = max(next_check - workflow.now(), timedelta(seconds=1))
@@ -107,8 +117,38 @@ class OrgGuardWorkflow:
                         leak_check_interval=self._leak_check_interval,
                         pending=list(self._queue),
                         max_history_events=self._max_history,
+                        restored=True,
                     )
                 )
+
+    async def _restore(self, inp: OrgGuardInput) -> None:
+        """A fresh start: holders and limit come back from the store before any answer."""
+        slots: OrgSlots = await workflow.execute_local_activity(
+            ACT_LOAD_ORG_SLOTS,
+            inp.org_id,
+            result_type=OrgSlots,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+            summary="rebuild holders and limit from the store",
+        )
+        if slots.limit is not None:
+            self._limit = slots.limit
+        self._holders = {**slots.holders, **self._holders}
+        self._saved = dict(slots.holders)
+
+    async def _save(self) -> None:
+        """Write the holders to the store when they changed (before answering anyone)."""
+        if self._saved == self._holders:
+            return
+        holders = dict(self._holders)
+        await workflow.execute_local_activity(
+            ACT_SAVE_ORG_SLOTS,
+            OrgSlots(org_id=self._org, holders=holders),
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+            summary="store the holders",
+        )
+        self._saved = holders
 
     def _should_continue_as_new(self) -> bool:
         info = workflow.info()
@@ -142,6 +182,7 @@ class OrgGuardWorkflow:
                         ),
                     )
                 )
+        await self._save()
         if not replies:
             return
         results = await asyncio.gather(
@@ -156,6 +197,7 @@ class OrgGuardWorkflow:
                     res,
                 )
                 self._holders.pop(decision.connection_id, None)
+        await self._save()
 
     async def _reply(self, workflow_id: str, decision: SlotDecision) -> None:
         handle = workflow.get_external_workflow_handle(workflow_id)
@@ -182,3 +224,4 @@ class OrgGuardWorkflow:
             if wid in closed:
                 workflow.logger.info("releasing leaked slot of %s (%s closed)", conn, wid)
                 del self._holders[conn]
+        await self._save()

@@ -1,0 +1,244 @@
+"""State and helpers shared by the connection workflow's parts (provisioning, the Active
+service loop, compensation): activity calls, status records, UI details, stop requests.
+
+Deterministic code only; it runs inside the Temporal workflow sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, Literal, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.contracts import (
+        ACT_APPLY_POLICIES,
+        ACT_RECORD_STATUS,
+        NON_RETRYABLE_TYPES,
+        SA_STATUS,
+        ApplyPoliciesInput,
+        ApplyPoliciesResult,
+        ConnectionInput,
+        ConnectionState,
+        ConnectionStatus,
+        StatusRecord,
+    )
+
+from workflows.errors import failure_of, is_cancellation
+from workflows.saga import Saga
+
+T = TypeVar("T")
+Stop = Literal["delete", "cancel"]
+
+# Forward steps stop on the non-retryable types; compensation and status writes never stop.
+STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    non_retryable_error_types=NON_RETRYABLE_TYPES,
+)
+FOREVER_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=60),
+    maximum_attempts=0,
+)
+# Compensation: transient errors retry in the activity; the typed ones an operator must fix
+# come back to the workflow, which shows CleanupBlocked and retries after a backoff.
+UNDO_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=60),
+    maximum_attempts=0,
+    non_retryable_error_types=NON_RETRYABLE_TYPES,
+)
+STEP_DEADLINE = timedelta(minutes=15)  # all attempts of a forward step
+
+
+class StopRequested(Exception):
+    """``delete`` or ``cancel`` arrived: leave the forward path for compensation."""
+
+
+class ConnectionCore:
+    """The connection's state and the helpers every part of the workflow uses."""
+
+    _inp: ConnectionInput
+    _state: ConnectionState
+    _stop: Stop | None
+    _retry_now: bool
+    _saga: Saga
+    _in_flight: list[asyncio.Future[Any]]
+    _attempts: int
+
+    # ------------------------------------------------------------------ stop requests
+
+    def _check_stop(self) -> None:
+        if self._stop is not None:
+            raise StopRequested()
+
+    async def _wait_for_wake(self, interval: timedelta, summary: str) -> None:
+        """Sleep until the timeout, a stop request or ``retry_now``; clears ``retry_now``."""
+        try:
+            await workflow.wait_condition(
+                lambda: self._stop is not None or self._retry_now,
+                timeout=interval,
+                timeout_summary=summary,
+            )
+        except TimeoutError:
+            pass
+        self._retry_now = False
+
+    # ------------------------------------------------------------------ activities
+
+    async def _activity(
+        self,
+        name: str,
+        arg: Any,
+        result_type: type | None,
+        *,
+        summary: str,
+        retry: RetryPolicy = STEP_RETRY,
+        start_to_close: timedelta | None = None,
+        schedule_to_close: timedelta | None = None,
+    ) -> Any:
+        if start_to_close is None:
+            start_to_close = self._inp.options.step_timeout
+        if schedule_to_close is None and retry is STEP_RETRY:
+            schedule_to_close = STEP_DEADLINE
+        return await workflow.execute_activity(
+            name,
+            arg,
+            result_type=result_type,
+            start_to_close_timeout=start_to_close,
+            schedule_to_close_timeout=schedule_to_close,
+            retry_policy=retry,
+            summary=summary,
+        )
+
+    async def _step(
+        self, name: str, arg: Any, result_type: type | None, *, reason: str, what: str,
+        **kwargs: Any,
+    ) -> Any:
+        """A forward step: its failure becomes ``ConnectionFailed(reason)``; cancellation
+        passes through untouched (a cancelled connection ends Cancelled, never Failed)."""
+        try:
+            return await self._activity(name, arg, result_type, summary=what, **kwargs)
+        except ActivityError as err:
+            if is_cancellation(err):
+                raise
+            raise failure_of(err, reason, what) from None
+
+    async def _side_effect(self, work: Awaitable[T]) -> T:
+        """Await a step that creates something. If the workflow is cancelled meanwhile, the
+        step is not abandoned: compensation first waits for it (``_settle_in_flight``), so
+        what it creates is known and undone (an abandoned call could create after the undo)."""
+        task = asyncio.ensure_future(work)
+        self._in_flight.append(task)
+        return await asyncio.shield(task)
+
+    async def _settle_in_flight(self) -> None:
+        for task in self._in_flight:
+            if not task.done():
+                self._details("Waiting for an in-flight step to finish", "its activity")
+                try:
+                    await task
+                except BaseException:  # noqa: BLE001 - compensation undoes it either way
+                    pass
+        self._in_flight.clear()
+
+    async def _apply_policies(self, ips: list[str], **kwargs: Any) -> ApplyPoliciesResult:
+        result: ApplyPoliciesResult = await self._side_effect(
+            self._activity(
+                ACT_APPLY_POLICIES,
+                ApplyPoliciesInput(
+                    org_id=self._inp.org_id,
+                    connection_id=self._inp.connection_id,
+                    ips=ips,
+                    ports=self._inp.ports,
+                ),
+                ApplyPoliciesResult,
+                summary="apply the CiliumNetworkPolicy",
+                **kwargs,
+            )
+        )
+        return result
+
+    async def _unless_stopped(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Run ``make()`` unless a stop request arrives first (then cancel it, raise
+        ``StopRequested``). A wait must never hold a delete back."""
+        task = asyncio.ensure_future(make())
+        stop = asyncio.ensure_future(workflow.wait_condition(lambda: self._stop is not None))
+        try:
+            await workflow.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            stop.cancel()
+            raise
+        if task.done():
+            stop.cancel()
+            return task.result()
+        task.cancel()
+        try:
+            await task
+        except BaseException:  # noqa: BLE001 - the interrupted work's outcome is moot
+            pass
+        raise StopRequested()
+
+    # ------------------------------------------------------------------ status and UI
+
+    async def _record(self, status: ConnectionStatus, detail: str, *, strict: bool = False) -> None:
+        """Record a status: store row + timeline event, then query state and search
+        attribute, so all three agree. ``strict`` lets a non-retryable store error surface
+        (marking Active must succeed); other writes retry forever: a flaky database never
+        loses a transition."""
+        seq = self._state.seq + 1
+        rec = StatusRecord(
+            org_id=self._inp.org_id,
+            connection_id=self._inp.connection_id,
+            seq=seq,
+            at=workflow.now(),
+            status=status,
+            reason=self._state.reason,
+            message=self._state.message,
+            detail=detail,
+            endpoint_service_name=self._inp.endpoint_service_name,
+            region=self._inp.region,
+            service_region=self._state.service_region,
+            display_name=self._inp.display_name,
+            workflow_id=workflow.info().workflow_id,
+            vpc_endpoint_id=self._state.vpc_endpoint_id,
+            ips=self._state.ips,
+            dns_names=self._state.dns_names,
+        )
+        # The seq is consumed even if the write fails, so a later write always wins.
+        self._state.seq = seq
+        await self._activity(
+            ACT_RECORD_STATUS,
+            rec,
+            None,
+            summary=f"record status {status.value}",
+            retry=STEP_RETRY if strict else FOREVER_RETRY,
+        )
+        self._state.status = status
+        self._state.step = detail
+        workflow.upsert_search_attributes([SA_STATUS.value_set(status.value)])
+
+    def _details(self, doing: str, waiting_for: str, *, fix: str | None = None) -> None:
+        """What the Temporal UI shows for this workflow right now."""
+        lines = [
+            f"**{self._state.status.value}** · {self._inp.org_id}/{self._inp.connection_id}",
+            f"Step: {doing}",
+            f"Waiting for: {waiting_for}",
+        ]
+        if self._state.aws_state:
+            lines.append(f"AWS state: {self._state.aws_state}")
+        if self._attempts:
+            lines.append(f"Poll attempts: {self._attempts}")
+        if fix:
+            lines.append(f"To unblock: {fix}")
+        workflow.set_current_details("\n\n".join(lines))

@@ -1,0 +1,209 @@
+"""Step 3 of provisioning: wait until the endpoint is available, then read its ENI IPs.
+
+The activity ``wait_for_state_change`` looks once per attempt and raises a retryable, benign
+error while the state is unchanged, so Temporal's retry policy is the poll loop (capped
+backoff, no history growth, the attempt count visible in the UI). This module loops on the
+states it returns: ``pendingAcceptance`` waits for the customer (bounded by the acceptance
+timeout), other live states wait for AWS (bounded by ``PENDING_DEADLINE``), the terminal
+ones fail. ``retry_now`` restarts the poll at once; a stop request abandons it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, RetryState, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.contracts import (
+        ACT_GET_ENDPOINT_ADDRESSES,
+        ACT_WAIT_FOR_STATE_CHANGE,
+        NON_RETRYABLE_TYPES,
+        STATE_UNCHANGED,
+        ConnectionStatus,
+        EndpointAddresses,
+        EndpointAddressesInput,
+        EndpointRef,
+        EndpointState,
+        Reason,
+        WaitStateInput,
+    )
+
+from workflows.core import ConnectionCore, StopRequested
+from workflows.errors import (
+    ConnectionFailed,
+    error_type,
+    failure_of,
+    is_cancellation,
+    terminal_state_failure,
+)
+
+T = TypeVar("T")
+S = ConnectionStatus
+PENDING_DEADLINE = timedelta(minutes=30)  # AWS normally makes an endpoint available in ~2 min
+
+
+class EndpointPoller(ConnectionCore):
+    _visible_by: datetime | None
+
+    async def _wait_for_ips(self, ref: EndpointRef) -> EndpointAddresses:
+        endpoint_id = ref.vpc_endpoint_id
+        state = ref.state
+        acceptance_deadline: datetime | None = None
+        pending_deadline = workflow.now() + PENDING_DEADLINE
+        announced = False
+        while (s := state.lower()) != "available":
+            self._state.aws_state = state
+            failure = terminal_state_failure(state, endpoint_id)
+            if failure is not None:
+                raise failure
+            if s == "pendingacceptance":
+                if acceptance_deadline is None:
+                    acceptance_deadline = workflow.now() + self._inp.options.acceptance_timeout
+                    await self._record(
+                        S.WAITING_FOR_ACCEPTANCE,
+                        f"endpoint {endpoint_id} awaits the service owner's acceptance",
+                    )
+                deadline = acceptance_deadline
+                self._details(
+                    f"Endpoint {endpoint_id} is pendingAcceptance",
+                    "the customer to accept the endpoint connection",
+                    fix="The customer must accept the connection request: VPC console → "
+                    "Endpoint services → their service → Endpoint connections → Accept "
+                    f"({endpoint_id}).",
+                )
+            else:
+                if not announced:
+                    announced = True
+                    await self._record(S.WAITING_FOR_IP, f"endpoint {endpoint_id} is {state}")
+                deadline = pending_deadline
+                self._details(f"Endpoint {endpoint_id} is {state}", "AWS to make it available")
+            if deadline - workflow.now() <= timedelta(0):
+                raise self._wait_timeout(s, endpoint_id)
+            result = await self._poll_until(endpoint_id, state, deadline)
+            state = result.state
+            self._attempts = result.attempt
+        self._state.aws_state = state
+        if not announced:
+            await self._record(S.WAITING_FOR_IP, f"endpoint {endpoint_id} is available")
+        self._details("Reading the endpoint's ENI private IPs", "AWS answer")
+        addresses: EndpointAddresses = await self._step(
+            ACT_GET_ENDPOINT_ADDRESSES,
+            EndpointAddressesInput(
+                region=self._inp.region,
+                vpc_endpoint_id=endpoint_id,
+                not_found_retry_until=self._visible_by,
+            ),
+            EndpointAddresses,
+            reason=Reason.ENDPOINT_FAILED,
+            what="read the endpoint's ENI IPs",
+        )
+        if not addresses.ips:
+            raise ConnectionFailed(
+                Reason.ENDPOINT_FAILED,
+                f"endpoint {endpoint_id} is available but has no network interface IPs: "
+                "check the endpoints account's subnets, then create the connection again",
+            )
+        return addresses
+
+    async def _poll_until(self, endpoint_id: str, last: str, deadline: datetime) -> EndpointState:
+        """Poll until the state differs from ``last``, or fail at the deadline."""
+        try:
+            return await self._interruptible(
+                functools.partial(self._poll, endpoint_id, last, deadline - workflow.now())
+            )
+        except ActivityError as err:
+            if is_cancellation(err):
+                raise
+            if not (isinstance(err.cause, TimeoutError) or err.retry_state == RetryState.TIMEOUT):
+                raise failure_of(err, Reason.ENDPOINT_FAILED, "waiting for the endpoint") from None
+        # Temporal gives up when the next retry would pass the deadline: wait for the
+        # deadline itself and take one last look before failing.
+        left = deadline - workflow.now()
+        if left > timedelta(0):
+            await self._wait_for_wake(left, "deadline of the wait")
+            self._check_stop()
+        try:
+            return await self._poll(endpoint_id, last, None)
+        except ActivityError as err:
+            if is_cancellation(err):
+                raise
+            if error_type(err) == STATE_UNCHANGED:
+                raise self._wait_timeout(last.lower(), endpoint_id) from None
+            raise failure_of(err, Reason.ENDPOINT_FAILED, "waiting for the endpoint") from None
+
+    async def _poll(
+        self, endpoint_id: str, last: str, budget: timedelta | None
+    ) -> EndpointState:
+        """One poll loop: retries with capped backoff until the state differs from ``last``;
+        ``budget`` None means a single look."""
+        opts = self._inp.options
+        state: EndpointState = await self._activity(
+            ACT_WAIT_FOR_STATE_CHANGE,
+            WaitStateInput(
+                region=self._inp.region,
+                vpc_endpoint_id=endpoint_id,
+                last_state=last,
+                not_found_retry_until=self._visible_by,
+            ),
+            EndpointState,
+            summary=f"poll endpoint state (was {last})",
+            retry=RetryPolicy(
+                initial_interval=opts.poll_initial_interval,
+                backoff_coefficient=1.5,
+                maximum_interval=(
+                    opts.acceptance_poll_max_interval
+                    if last.lower() == "pendingacceptance"
+                    else opts.poll_max_interval
+                ),
+                non_retryable_error_types=NON_RETRYABLE_TYPES,
+                maximum_attempts=0 if budget is not None else 1,
+            ),
+            schedule_to_close=budget,
+        )
+        return state
+
+    async def _interruptible(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Run a poll, restarting it on ``retry_now`` and abandoning it on a stop request."""
+        while True:
+            self._retry_now = False
+            task = asyncio.ensure_future(make())
+            wake = asyncio.ensure_future(
+                workflow.wait_condition(lambda: self._stop is not None or self._retry_now)
+            )
+            try:
+                await workflow.wait([task, wake], return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                task.cancel()
+                wake.cancel()
+                raise
+            if task.done():
+                wake.cancel()
+                return task.result()
+            task.cancel()
+            try:
+                await task
+            except BaseException:  # noqa: BLE001 - the cancelled poll's outcome is moot
+                pass
+            if self._stop is not None:
+                raise StopRequested()
+
+    def _wait_timeout(self, state: str, endpoint_id: str) -> ConnectionFailed:
+        if state == "pendingacceptance":
+            return ConnectionFailed(
+                Reason.ACCEPTANCE_TIMEOUT,
+                f"the service owner did not accept endpoint {endpoint_id} within "
+                f"{self._inp.options.acceptance_timeout}: ask them to accept it (or to turn off "
+                "acceptance), then create the connection again",
+            )
+        return ConnectionFailed(
+            Reason.ENDPOINT_FAILED,
+            f"endpoint {endpoint_id} stayed {state} for {PENDING_DEADLINE}: check the endpoint "
+            "in the endpoints account, then create the connection again",
+        )

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8080
 
+    # Crash tests only: block a worker inside an activity so a test can SIGKILL it there.
+    # A JSON list of {"activity", "phase": "before"|"after", "connection_id"?, "status"?};
+    # each hit is appended to ``failpoint_log``. Never set in production.
+    failpoints: list[dict[str, str]] = Field(default_factory=list)
+    failpoint_log: str | None = None
+
     # Observability
     log_level: str = "INFO"
     metrics_port: int | None = Field(None, description="Prometheus port for SDK + privnet metrics")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -93,6 +94,61 @@ class LogContextInterceptor(Interceptor):
         return _BindLogContext(next)
 
 
+class _Failpoint(ActivityInboundInterceptor):
+    def __init__(self, next: ActivityInboundInterceptor, points: Failpoints) -> None:
+        super().__init__(next)
+        self._points = points
+
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        arg = input.args[0] if input.args else None
+        name = activity.info().activity_type
+        if self._points.matches(name, "before", arg):
+            await self._points.hold(name, "before", arg)
+        result = await super().execute_activity(input)
+        if self._points.matches(name, "after", arg):
+            await self._points.hold(name, "after", arg)
+        return result
+
+
+class Failpoints(Interceptor):
+    """Crash tests only (``PRIVNET_FAILPOINTS``): an activity matching a point blocks before
+    its body or after it (its side effect done, its completion not yet reported) and the
+    hit is appended to ``PRIVNET_FAILPOINT_LOG``, so a test can SIGKILL this very process at
+    the worst moment and prove a new worker finishes the job exactly once."""
+
+    def __init__(self, points: Sequence[dict[str, str]], log_path: str | None) -> None:
+        self._points = list(points)
+        self._log = Path(log_path) if log_path else None
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _Failpoint(next, self)
+
+    def matches(self, name: str, phase: str, arg: Any) -> bool:
+        for p in self._points:
+            if p.get("activity") != name or p.get("phase", "after") != phase:
+                continue
+            if "connection_id" in p and getattr(arg, "connection_id", None) != p["connection_id"]:
+                continue
+            if "status" in p and str(getattr(arg, "status", "")) != p["status"]:
+                continue
+            return True
+        return False
+
+    async def hold(self, name: str, phase: str, arg: Any) -> None:
+        if self._log is not None:
+            line = f"{name} {phase} {getattr(arg, 'connection_id', '-')}\n"
+            await asyncio.to_thread(_append, self._log, line)
+        log.warning("failpoint reached; holding until killed", activity=name, phase=phase)
+        await asyncio.Event().wait()
+
+
+def _append(path: Path, line: str) -> None:
+    with path.open("a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def runtime_for(settings: Settings) -> Runtime | None:
     if settings.metrics_port is None:
         return None
@@ -168,6 +224,9 @@ def build_worker(
     """A worker for every workflow; ``activities`` are activity-class instances (default:
     the real adapters from settings; tests inject fakes registered under the same names)."""
     objs = list(activities) if activities is not None else real_activities(client, settings)
+    interceptors: list[Interceptor] = [LogContextInterceptor()]
+    if settings.failpoints:
+        interceptors.append(Failpoints(settings.failpoints, settings.failpoint_log))
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -176,7 +235,7 @@ def build_worker(
         activities=activities_of(*objs),
         activity_executor=ThreadPoolExecutor(max_workers=max_concurrent_activities),
         max_concurrent_activities=max_concurrent_activities,
-        interceptors=[LogContextInterceptor()],
+        interceptors=interceptors,
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
 

@@ -585,9 +585,13 @@ class ConnectionsClient:
         return str(getattr(md, "current_details", "") or "")
 
     async def set_limit(self, org_id: str, limit: int) -> GuardUsage:
+        """Store the override first (it survives the guard being terminated or reset), then
+        tell the guard."""
         validate_org_id(org_id)
-        if not isinstance(limit, int) or limit < 0:
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
             raise InvalidInput("INVALID_LIMIT", f"limit {limit!r} must be an integer >= 0")
+        if self.store is not None:
+            await _call(self.store.set_org_limit, org_id, limit)
         await self.temporal.start_workflow(
             ORG_GUARD_WORKFLOW,
             OrgGuardInput(
@@ -623,8 +627,12 @@ class ConnectionsClient:
         except (RPCError, WorkflowQueryFailedError, WorkflowFailureError) as err:
             if isinstance(err, RPCError) and not _is_not_found(err):
                 raise
+            stored = await _call(self.store.org_limit, org_id) if self.store is not None else None
             return GuardUsage(
-                org_id=org_id, limit=self.settings.default_org_limit, usage=0, holders={}
+                org_id=org_id,
+                limit=self.settings.default_org_limit if stored is None else stored,
+                usage=0,
+                holders={},
             )
 
 

@@ -1,0 +1,201 @@
+"""Crash matrix: the real ``worker.py`` with the real AWS, Kubernetes, store and guard
+activities against the sandboxes, SIGKILLed inside every step of a create (1-5), of a delete's
+compensation and of a failure's compensation, then replaced by a fresh worker.
+
+Each kill happens at the worst moment: the activity's side effect is done and its completion
+not yet reported (a failpoint holds the worker there). The inventory is read from sandbox AWS
+(DescribeVpcEndpoints by tag, deleted endpoints kept visible so every endpoint ever created
+counts) and sandbox Kubernetes (the stored objects), not from privnet."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from tests.realstack import RealWorld, make_world, policy_ips, real_input
+from tests.wfutil import start, uid
+from workflows.contracts import (
+    ACT_APPLY_POLICIES,
+    ACT_CHECK_PRINCIPAL,
+    ACT_CREATE_ENDPOINT,
+    ACT_DELETE_ENDPOINT,
+    ACT_DELETE_POLICIES,
+    ACT_GET_ENDPOINT_ADDRESSES,
+    ACT_RECORD_STATUS,
+    ACT_RELEASE_SLOT,
+    ACT_WAIT_ENDPOINT_DELETED,
+    QUERY_USAGE,
+    SIGNAL_DELETE,
+    GuardUsage,
+    org_guard_workflow_id,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+CREATE_STEPS: dict[str, dict[str, str]] = {
+    "1-check-principal": {"activity": ACT_CHECK_PRINCIPAL},
+    "2-create-endpoint": {"activity": ACT_CREATE_ENDPOINT},
+    "3-read-ips": {"activity": ACT_GET_ENDPOINT_ADDRESSES},
+    "4-apply-policies": {"activity": ACT_APPLY_POLICIES},
+    "5-mark-active": {"activity": ACT_RECORD_STATUS, "status": "Active"},
+}
+UNDO_STEPS: dict[str, dict[str, str]] = {
+    "undo-policies": {"activity": ACT_DELETE_POLICIES},
+    "undo-endpoint": {"activity": ACT_DELETE_ENDPOINT},
+    "undo-wait-gone": {"activity": ACT_WAIT_ENDPOINT_DELETED},
+    "undo-slot": {"activity": ACT_RELEASE_SLOT},
+    "record-deleted": {"activity": ACT_RECORD_STATUS, "status": "Deleted"},
+}
+FAILURE_UNDO_STEPS: dict[str, dict[str, str]] = {
+    "failed-undo-endpoint": {"activity": ACT_DELETE_ENDPOINT},
+    "failed-undo-slot": {"activity": ACT_RELEASE_SLOT},
+    "record-failed": {"activity": ACT_RECORD_STATUS, "status": "Failed"},
+}
+
+FIGURES: dict[str, int] = {}
+
+
+@pytest.fixture(scope="module")
+def world(temporal_env: WorkflowEnvironment, tmp_path_factory: Any) -> Iterator[RealWorld]:
+    address = temporal_env.client.service_client.config.target_host
+    yield from make_world(address, Path(tmp_path_factory.mktemp("crash")))
+
+
+def _points(conns: dict[str, tuple[str, str]], steps: dict[str, dict[str, str]]) -> list[dict[str, str]]:
+    return [
+        {**steps[step], "phase": "after", "connection_id": conn}
+        for step, (_org, conn) in conns.items()
+    ]
+
+
+async def _kill_at_failpoints(world: RealWorld, worker: Any, n: int) -> None:
+    await asyncio.to_thread(world.wait_failpoints, n)
+    await asyncio.to_thread(world.kill, worker)
+    FIGURES["kills"] = FIGURES.get("kills", 0) + 1
+
+
+async def _status(world: RealWorld, org: str, conn: str) -> str | None:
+    view = await asyncio.to_thread(world.store.get, org, conn)
+    return view.status if view else None
+
+
+async def _wait_store(world: RealWorld, org: str, conn: str, status: str, within: float = 120) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while (got := await _status(world, org, conn)) != status:
+        if loop.time() > deadline:
+            raise AssertionError(f"{org}/{conn} is {got}, never {status}")
+        await asyncio.sleep(0.2)
+
+
+def _assert_active_once(world: RealWorld, org: str, conn: str) -> None:
+    every = world.endpoints(org, conn)
+    assert len(every) == 1, (conn, [(e["VpcEndpointId"], e["State"]) for e in every])
+    (ep,) = every
+    assert ep["State"].lower() == "available"
+    ips = world.endpoint_ips(ep)
+    policies = world.policies(org, conn)
+    assert sorted(p["metadata"]["namespace"] for p in policies) == ["batch", "tasks"], policies
+    for p in policies:
+        assert policy_ips(p) == ips
+        assert p["spec"]["endpointSelector"]["matchLabels"] == {"privnet.dev/org-id": org}
+    view = world.store.get(org, conn)
+    assert view is not None and view.status == "Active" and sorted(view.ips) == ips
+    assert view.vpc_endpoint_id == ep["VpcEndpointId"]
+    seqs = [e.status for e in view.timeline or []]
+    assert seqs.count("Active") == 1, seqs
+
+
+def _assert_nothing_left(world: RealWorld, org: str, conn: str) -> None:
+    every = world.endpoints(org, conn)
+    assert len(every) <= 1, every  # never more than one endpoint ever created
+    assert world.live_endpoints(org, conn) == []
+    assert world.policies(org, conn) == []
+
+
+async def _holders(client: Client, org: str) -> dict[str, str]:
+    usage: GuardUsage = await client.get_workflow_handle(org_guard_workflow_id(org)).query(
+        QUERY_USAGE, result_type=GuardUsage
+    )
+    return usage.holders
+
+
+async def test_sigkill_inside_every_step_of_create_and_delete(
+    world: RealWorld, temporal_client: Client
+) -> None:
+    service = world.seed.customer_services["allowed"]
+    conns = {step: (uid("crash"), uid("c")) for step in CREATE_STEPS}
+
+    # Create: each connection holds the first worker inside a different step.
+    first = await asyncio.to_thread(world.spawn_worker, _points(conns, CREATE_STEPS))
+    handles: dict[str, WorkflowHandle] = {}
+    for step, (org, conn) in conns.items():
+        inp = real_input(world, org, conn, service)
+        handles[step] = await start(temporal_client, inp, world.task_queue)
+    await _kill_at_failpoints(world, first, len(conns))
+    second = await asyncio.to_thread(world.spawn_worker)
+    for org, conn in conns.values():
+        await _wait_store(world, org, conn, "Active")
+    for step, (org, conn) in conns.items():
+        await asyncio.to_thread(_assert_active_once, world, org, conn)
+        assert await _holders(temporal_client, org) == {conn: handles[step].id}
+
+    # Delete: each connection holds the next worker inside a different compensation step.
+    await asyncio.to_thread(world.kill, second)
+    world.failpoint_log.unlink()
+    undo = dict(zip(UNDO_STEPS, conns.values(), strict=True))
+    third = await asyncio.to_thread(world.spawn_worker, _points(undo, UNDO_STEPS))
+    for handle in handles.values():
+        await handle.signal(SIGNAL_DELETE)
+    await _kill_at_failpoints(world, third, len(undo))
+    await asyncio.to_thread(world.spawn_worker)
+    for org, conn in conns.values():
+        await _wait_store(world, org, conn, "Deleted")
+    for handle in handles.values():
+        assert (await handle.result()).status.value == "Deleted"
+    for org, conn in conns.values():
+        await asyncio.to_thread(_assert_nothing_left, world, org, conn)
+        assert await _holders(temporal_client, org) == {}
+    FIGURES["connections"] = FIGURES.get("connections", 0) + len(conns)
+    FIGURES["endpoints_created"] = FIGURES.get("endpoints_created", 0) + sum(
+        len(world.endpoints(o, c)) for o, c in conns.values()
+    )
+
+
+async def test_sigkill_inside_every_step_of_a_failures_compensation(
+    world: RealWorld, temporal_client: Client
+) -> None:
+    """The customer rejects the endpoint: ENDPOINT_REJECTED, and the cleanup is killed."""
+    world.stop_workers()
+    if world.failpoint_log.exists():
+        world.failpoint_log.unlink()
+    service = world.seed.customer_services["acceptance_required"]
+    conns = {step: (uid("crashf"), uid("c")) for step in FAILURE_UNDO_STEPS}
+    worker = await asyncio.to_thread(world.spawn_worker, _points(conns, FAILURE_UNDO_STEPS))
+    handles = {
+        step: await start(temporal_client, real_input(world, org, conn, service), world.task_queue)
+        for step, (org, conn) in conns.items()
+    }
+    for org, conn in conns.values():
+        await _wait_store(world, org, conn, "WaitingForAcceptance")
+        (ep,) = world.live_endpoints(org, conn)
+        assert world.aws.reject(service, ep["VpcEndpointId"]) == []
+    await _kill_at_failpoints(world, worker, len(conns))
+    await asyncio.to_thread(world.spawn_worker)
+    for step, (org, conn) in conns.items():
+        await _wait_store(world, org, conn, "Failed")
+        result = await handles[step].result()
+        assert (result.status.value, result.reason) == ("Failed", "ENDPOINT_REJECTED")
+        await asyncio.to_thread(_assert_nothing_left, world, org, conn)
+        assert await _holders(temporal_client, org) == {}
+    FIGURES["connections"] = FIGURES.get("connections", 0) + len(conns)
+    FIGURES["endpoints_created"] = FIGURES.get("endpoints_created", 0) + sum(
+        len(world.endpoints(o, c)) for o, c in conns.values()
+    )
+    print(f"\ncrash matrix figures: {FIGURES}")

@@ -34,10 +34,16 @@ from temporalio.worker import (
 from settings import Settings, get_settings
 from workflows.connection import PrivateConnectionWorkflow
 from workflows.org_guard import OrgGuardWorkflow
+from workflows.preflight import PreflightWorkflow, SetupFactsWorkflow
 
 log = structlog.get_logger("privnet.worker")
 
-WORKFLOWS: list[type] = [PrivateConnectionWorkflow, OrgGuardWorkflow]
+WORKFLOWS: list[type] = [
+    PrivateConnectionWorkflow,
+    OrgGuardWorkflow,
+    PreflightWorkflow,
+    SetupFactsWorkflow,
+]
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -142,6 +148,7 @@ def real_activities(client: Client, settings: Settings) -> list[object]:
     from activities.aws import AwsActivities
     from activities.guard import GuardActivities
     from activities.kubernetes import KubernetesActivities
+    from activities.preflight import PreflightActivities
     from activities.store import Store, StoreActivities
 
     store = Store.from_settings(settings)
@@ -151,6 +158,7 @@ def real_activities(client: Client, settings: Settings) -> list[object]:
         KubernetesActivities.from_settings(settings),
         StoreActivities(store),
         GuardActivities(client, settings.task_queue, settings.guard_leak_check_interval_seconds),
+        PreflightActivities(settings, store),
     ]
 
 

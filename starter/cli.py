@@ -24,12 +24,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from settings import Settings
+from starter import validation
 from workflows.contracts import (
     ConnectionStatus,
     ConnectionView,
     InvalidInput,
-    validate_connection_id,
-    validate_org_id,
 )
 
 DEFAULT_STACK = os.path.join(".privnet", "stack.json")
@@ -173,15 +172,17 @@ async def _watch(
 def _validate_ids(args: argparse.Namespace) -> None:
     """Bad input fails fast (exit 2), before any connection to Temporal."""
     if getattr(args, "org", None) is not None:
-        validate_org_id(args.org)
+        validation.org_id(args.org)
     if getattr(args, "id", None) is not None:
-        validate_connection_id(args.id)
+        validation.connection_id(args.id)
 
 
 async def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
     from starter.client import validate_create
 
-    validate_create(settings, args.org, args.service_name, args.region, args.id, args.port or ())
+    validate_create(
+        settings, args.org, args.service_name, args.region, args.id, args.port or (), args.name
+    )
     client = await _client(settings)
     view = await client.create(
         args.org,
@@ -340,6 +341,60 @@ async def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def format_checks(result: Any) -> str:
+    lines = [f"pre-flight: {'ok' if result.ok else 'NOT OK'}"]
+    for c in result.checks:
+        lines.append(f"  {'ok  ' if c.ok else 'FAIL'}  {c.name:<20} {c.detail}")
+        if c.fix:
+            lines.append(f"        {'':<20} fix: {c.fix}")
+    return "\n".join(lines)
+
+
+async def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    validation.check_request(
+        org=args.org,
+        endpoint_service_name=args.service_name,
+        region_name=args.region,
+        default_region=settings.aws_region,
+    )
+    client = await _client(settings)
+    result = await client.check(args.org, args.service_name, region=args.region)
+    if args.json:
+        print_json(result)
+    else:
+        print(format_checks(result))
+    if not result.ok:
+        failed = ", ".join(c.name for c in result.checks if not c.ok)
+        raise CommandFailed(f"pre-flight check failed: {failed}")
+    return 0
+
+
+def format_setup(facts: Any) -> str:
+    lines = [f"principal to allow   {facts.principal_arn}"]
+    lines.append(f"regions offered      {', '.join(facts.regions_offered) or '-'}")
+    for r in facts.regions:
+        cross = "cross-region available" if r.cross_region else "same region only"
+        lines.append(f"  {r.region:<18} AZ ids {', '.join(r.az_ids) or '-'}  ({cross})")
+    if facts.org is not None:
+        o = facts.org
+        lines.append(f"org {o.org_id}: {o.usage} of {o.limit} connections ({o.remaining} left)")
+    lines.append("steps")
+    lines.extend(f"  {i}. {step}" for i, step in enumerate(facts.steps, 1))
+    return "\n".join(lines)
+
+
+async def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
+    if args.region is not None:
+        validation.region(args.region, settings.endpoint_networks)
+    client = await _client(settings)
+    facts = await client.setup(region=args.region, org_id=args.org)
+    if args.json:
+        print_json(facts)
+    else:
+        print(format_setup(facts))
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker import run_worker
 
@@ -445,6 +500,19 @@ def build_parser() -> argparse.ArgumentParser:
     ls_get = lim_sub.add_parser("get", help="show an org's limit and usage", parents=[common])
     ls_get.add_argument("--org", required=True)
 
+    chk = sub.add_parser(
+        "check", help="pre-flight check of a connection (creates nothing)", parents=[common]
+    )
+    chk.add_argument("--org", required=True)
+    chk.add_argument("--service-name", required=True, help="com.amazonaws.vpce.<region>.vpce-svc-…")
+    chk.add_argument("--region", help="region of our endpoint (default PRIVNET_AWS_REGION)")
+
+    su = sub.add_parser(
+        "setup", help="what a customer must configure on their side", parents=[common]
+    )
+    su.add_argument("--region", help="only this region (default: every offered region)")
+    su.add_argument("--org", help="also show this org's limit and usage")
+
     sub.add_parser("bootstrap", help="apply the cluster baseline policy", parents=[common])
     sub.add_parser("worker", help="run the Temporal worker", parents=[common])
     api = sub.add_parser("api", help="run the HTTP API", parents=[common])
@@ -468,13 +536,15 @@ ASYNC_COMMANDS: dict[str, AsyncCmd] = {
     "stuck": cmd_stuck,
     "limits": cmd_limits,
     "bootstrap": cmd_bootstrap,
+    "check": cmd_check,
+    "setup": cmd_setup,
 }
 
 
 def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from starter.client import Conflict, NotFound
+    from starter.client import Conflict, NotFound, Unavailable
 
     try:
         if args.command == "dev":
@@ -496,7 +566,7 @@ def run(argv: list[str] | None = None) -> int:
         code = getattr(err, "code", None)
         print(f"privnet: error: {code + ': ' if code else ''}{err}", file=sys.stderr)
         return 2
-    except (NotFound, Conflict, CommandFailed, TimeoutError) as err:
+    except (NotFound, Conflict, Unavailable, CommandFailed, TimeoutError) as err:
         print(f"privnet: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -39,13 +39,16 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from settings import Settings
+from starter import validation
 from workflows.contracts import (
+    PREFLIGHT_WORKFLOW,
     PROVISIONING_STATUSES,
     QUERY_STATUS,
     QUERY_USAGE,
     SA_ORG_ID,
     SA_REGION,
     SA_STATUS,
+    SETUP_FACTS_WORKFLOW,
     SIGNAL_CANCEL,
     SIGNAL_DELETE,
     SIGNAL_RETRY_NOW,
@@ -58,13 +61,13 @@ from workflows.contracts import (
     GuardUsage,
     InvalidInput,
     OrgGuardInput,
+    PreflightInput,
+    PreflightResult,
     SetLimitRequest,
+    SetupFacts,
+    SetupInput,
     connection_workflow_id,
     org_guard_workflow_id,
-    parse_service_region,
-    validate_connection_id,
-    validate_org_id,
-    validate_region,
 )
 
 CONNECTION_WORKFLOW = "PrivateConnectionWorkflow"
@@ -91,6 +94,16 @@ class Conflict(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+        self.message = message
+
+
+class Unavailable(Exception):
+    """The worker could not answer (AWS kept failing, no worker polling): try again."""
+
+    code = "UNAVAILABLE"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
         self.message = message
 
 
@@ -196,27 +209,25 @@ def view_from_state(
 
 def validate_create(
     settings: Settings,
-    org_id: str,
-    endpoint_service_name: str,
-    region: str | None,
-    connection_id: str | None,
-    ports: Iterable[int],
-) -> tuple[str, str, str, str, list[int]]:
-    """Validate a create request; returns (org, connection_id, service_region, region,
-    ports). Raises ``InvalidInput`` with a message naming the expected format."""
-    validate_org_id(org_id)
-    service_name = (endpoint_service_name or "").strip()
-    service_region = parse_service_region(service_name)
-    region = region or settings.aws_region
-    validate_region(region)
-    cid = connection_id if connection_id is not None else new_connection_id()
-    validate_connection_id(cid)
-    port_list: list[int] = []
-    for p in ports:
-        if not isinstance(p, int) or isinstance(p, bool) or not 1 <= p <= 65535:
-            raise InvalidInput("INVALID_PORT", f"port {p!r} is not a TCP port (1-65535)")
-        port_list.append(p)
-    return cid, service_name, service_region, region, sorted(set(port_list))
+    org_id: Any,
+    endpoint_service_name: Any,
+    region: Any = None,
+    connection_id: Any = None,
+    ports: Any = (),
+    display_name: Any = None,
+) -> validation.CreateRequest:
+    """Every rule of a create (``starter.validation``) with this deployment's default and
+    offered regions. Raises ``InvalidInput`` whose message names the fix."""
+    return validation.create_request(
+        org=org_id,
+        endpoint_service_name=endpoint_service_name,
+        region_name=region,
+        connection=connection_id,
+        name=display_name,
+        port_list=ports,
+        default_region=settings.aws_region,
+        offered_regions=settings.endpoint_networks,
+    )
 
 
 class ConnectionsClient:
@@ -270,9 +281,15 @@ class ConnectionsClient:
         ports: Iterable[int] = (),
         wait_admission: timedelta = timedelta(seconds=5),
     ) -> ConnectionView:
-        cid, service_name, service_region, region, port_list = validate_create(
-            self.settings, org_id, endpoint_service_name, region, connection_id, ports
+        req = validate_create(
+            self.settings, org_id, endpoint_service_name, region, connection_id, ports,
+            display_name,
         )
+        cid = req.connection_id or new_connection_id()
+        service_name, service_region, region = (
+            req.endpoint_service_name, req.service_region, req.region
+        )
+        port_list = req.ports
         inp = ConnectionInput(
             org_id=org_id,
             connection_id=cid,
@@ -356,8 +373,8 @@ class ConnectionsClient:
             )
 
     async def get(self, org_id: str, connection_id: str) -> ConnectionView:
-        validate_org_id(org_id)
-        validate_connection_id(connection_id)
+        validation.org_id(org_id)
+        validation.connection_id(connection_id)
         view = await self._store_get(org_id, connection_id, with_timeline=True)
         if view is not None:
             if view.workflow_id is None:
@@ -403,7 +420,7 @@ class ConnectionsClient:
 
     async def list(self, org_id: str | None = None) -> list[ConnectionView]:
         if org_id is not None:
-            validate_org_id(org_id)
+            validation.org_id(org_id)
         if self.store is None:
             return []
         rows = await _call(self.store.list, org_id=org_id)
@@ -506,6 +523,77 @@ class ConnectionsClient:
         assert last is not None
         return last
 
+    # ------------------------------------------------------------------ customers
+
+    async def _run_short(
+        self, workflow: str, arg: Any, result_type: type[Any], wid: str, summary: str
+    ) -> Any:
+        """Run a short workflow (one activity in the worker) and return its result."""
+        timeout = timedelta(seconds=self.settings.edge_timeout_seconds)
+        try:
+            return await self.temporal.execute_workflow(
+                workflow,
+                arg,
+                id=wid,
+                task_queue=self.settings.task_queue,
+                result_type=result_type,
+                execution_timeout=timeout,
+                static_summary=summary[:200],
+            )
+        except WorkflowFailureError as err:
+            cause: BaseException | None = err.cause
+            while getattr(cause, "cause", None) is not None:
+                cause = getattr(cause, "cause", None)
+            raise Unavailable(
+                f"{summary} did not complete: {cause or err}; check that a worker runs on "
+                f"task queue {self.settings.task_queue!r} and try again"
+            ) from None
+
+    async def check(
+        self, org_id: str, endpoint_service_name: str, region: str | None = None
+    ) -> PreflightResult:
+        """Pre-flight: what creating this connection would find. Creates nothing, takes no
+        slot; runs as a short workflow whose one activity runs in the worker."""
+        req = validation.check_request(
+            org=org_id,
+            endpoint_service_name=endpoint_service_name,
+            region_name=region,
+            default_region=self.settings.aws_region,
+        )
+        inp = PreflightInput(
+            org_id=req.org_id,
+            endpoint_service_name=req.endpoint_service_name,
+            region=req.region,
+            service_region=req.service_region,
+            default_org_limit=self.settings.default_org_limit,
+        )
+        result: PreflightResult = await self._run_short(
+            PREFLIGHT_WORKFLOW,
+            inp,
+            PreflightResult,
+            f"privnet-check:{req.org_id}:{secrets.token_hex(6)}",
+            f"pre-flight check of {req.endpoint_service_name} ({req.region}) for {req.org_id}",
+        )
+        return result
+
+    async def setup(self, region: str | None = None, org_id: str | None = None) -> SetupFacts:
+        """What a customer must configure: the principal to allow, the regions and AZ ids
+        privnet offers, cross-region; with ``org_id`` also its limit and usage."""
+        if org_id is not None:
+            validation.org_id(org_id)
+        if region is not None:
+            validation.region(region, self.settings.endpoint_networks)
+        facts: SetupFacts = await self._run_short(
+            SETUP_FACTS_WORKFLOW,
+            SetupInput(
+                region=region, org_id=org_id, default_org_limit=self.settings.default_org_limit
+            ),
+            SetupFacts,
+            f"privnet-setup:{secrets.token_hex(6)}",
+            "setup facts" + (f" for {org_id}" if org_id else ""),
+        )
+        return facts
+
     # ------------------------------------------------------------------ operators
 
     async def stuck(
@@ -585,8 +673,8 @@ class ConnectionsClient:
         return str(getattr(md, "current_details", "") or "")
 
     async def set_limit(self, org_id: str, limit: int) -> GuardUsage:
-        validate_org_id(org_id)
-        if not isinstance(limit, int) or limit < 0:
+        validation.org_id(org_id)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise InvalidInput("INVALID_LIMIT", f"limit {limit!r} must be an integer >= 0")
         await self.temporal.start_workflow(
             ORG_GUARD_WORKFLOW,
@@ -614,7 +702,7 @@ class ConnectionsClient:
         return usage
 
     async def get_limit(self, org_id: str) -> GuardUsage:
-        validate_org_id(org_id)
+        validation.org_id(org_id)
         handle = self.temporal.get_workflow_handle(org_guard_workflow_id(org_id))
         try:
             return await handle.query(

@@ -6,7 +6,9 @@ The check makes at most 3 AWS calls: DescribeVpcEndpointServices in our region (
 ``ServiceRegions`` when cross-region), a second one in the service's region only to tell
 "not allowed" from "our region not supported" when the first finds nothing, and
 DescribeSubnets for our AZ ids (cached per process) only when the service is visible. The
-principal ARN comes from settings or the role ARN; STS is asked only when neither names it.
+principal ARN comes from settings or the role ARN; STS GetCallerIdentity is asked (once per
+process) only when neither names it. Not counted: the role's AssumeRole, made when its
+credentials are refreshed (hourly, shared with every activity).
 
 ``evaluate`` is pure: it turns what AWS and the store said into the named checks, each
 failing one with a fix in words a customer can act on.
@@ -151,7 +153,7 @@ def evaluate(f: Findings) -> PreflightResult:
                     f"{f.region} (cross-region endpoint)",
                 )
             )
-        if f.service is not None and offered:
+        if f.service is not None and offered and f.visibility == "visible":
             checks.append(_az_check(f, f.service, cross))
         if f.service is not None:
             if f.service.acceptance_required:
@@ -304,7 +306,7 @@ class PreflightActivities:
                     az_ids=sorted(detail.get("AvailabilityZoneIds") or []),
                     acceptance_required=bool(detail.get("AcceptanceRequired")),
                 )
-                if in_region:
+                if in_region and visibility == "visible":
                     try:
                         our_azs = sorted(set(self.aws.our_subnets(inp.region).values()))
                     except ApplicationError as err:

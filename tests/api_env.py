@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,11 @@ class ApiEnv:
 
 @asynccontextmanager
 async def api_env(
-    temporal_env: WorkflowEnvironment, tmp: Path, tokens: Any, **overrides: Any
+    temporal_env: WorkflowEnvironment,
+    tmp: Path,
+    tokens: Any,
+    configure: Callable[[SandboxSeed], dict[str, Any]] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[ApiEnv]:
     from activities.store import Store
     from worker import build_worker
@@ -59,6 +63,8 @@ async def api_env(
         "api_tokens": tokens,
     }
     values.update(overrides)
+    if configure is not None:
+        values.update(configure(seed))
     settings = seed.settings(**values)
     store = Store(settings.database_url)
     store.create_schema()

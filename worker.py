@@ -35,6 +35,7 @@ from settings import Settings, get_settings
 from workflows.connection import PrivateConnectionWorkflow
 from workflows.org_guard import OrgGuardWorkflow
 from workflows.preflight import PreflightWorkflow, SetupFactsWorkflow
+from workflows.sweeper import SweepWorkflow
 
 log = structlog.get_logger("privnet.worker")
 
@@ -43,6 +44,7 @@ WORKFLOWS: list[type] = [
     OrgGuardWorkflow,
     PreflightWorkflow,
     SetupFactsWorkflow,
+    SweepWorkflow,
 ]
 
 
@@ -150,6 +152,7 @@ def real_activities(client: Client, settings: Settings) -> list[object]:
     from activities.kubernetes import KubernetesActivities
     from activities.preflight import PreflightActivities
     from activities.store import Store, StoreActivities
+    from activities.sweeper import SweeperActivities
 
     store = Store.from_settings(settings)
     store.create_schema()
@@ -159,6 +162,7 @@ def real_activities(client: Client, settings: Settings) -> list[object]:
         StoreActivities(store),
         GuardActivities(client, settings.task_queue, settings.guard_leak_check_interval_seconds),
         PreflightActivities(settings, store),
+        SweeperActivities(settings, store, client),
     ]
 
 

@@ -324,20 +324,71 @@ async def cmd_limits(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
     from activities.kubernetes import KubernetesActivities
+    from workflows.contracts import SWEEP_SCHEDULE_ID
 
     kube = KubernetesActivities.from_settings(settings)
     result = kube.apply_baseline()
     if inspect.isawaitable(result):
         result = await result
     changed = bool(result)
+    client = await _client(settings)
+    created = await client.ensure_sweep_schedule()
     if args.json:
-        print_json({"applied": True, "changed": changed, "namespaces": settings.task_namespaces})
+        print_json(
+            {
+                "applied": True,
+                "changed": changed,
+                "namespaces": settings.task_namespaces,
+                "sweep_schedule": SWEEP_SCHEDULE_ID,
+                "sweep_schedule_created": created,
+            }
+        )
     else:
         state = "applied" if changed else "already up to date"
         print(
             f"cluster baseline policy {state} (task namespaces: "
             f"{', '.join(settings.task_namespaces)})"
         )
+        every = timedelta(seconds=settings.sweep_interval_seconds)
+        print(
+            f"sweep schedule {SWEEP_SCHEDULE_ID} {'created' if created else 'up to date'} "
+            f"(every {every})"
+        )
+    return 0
+
+
+def format_sweep(report: Any) -> str:
+    grace = timedelta(seconds=int(report.grace_seconds))
+    due = sum(1 for o in report.orphans if o.due)
+    lines = [
+        f"checked {report.endpoints_seen} endpoint(s) and {report.policies_seen} policy(ies): "
+        f"{len(report.orphans)} orphan(s), {due} unowned for longer than {grace}"
+    ]
+    for o in report.orphans:
+        where = o.region or o.namespace or ""
+        if o.id in report.deleted:
+            state = "DELETED"
+        elif o.due and not report.dry_run:
+            state = "kept"
+        else:
+            state = "due" if o.due else "in grace"
+        lines.append(
+            f"  {o.kind:<8} {o.id}  {where}  {o.org_id}/{o.connection_id}  "
+            f"last owned {o.last_owned_at.isoformat(timespec='seconds')}  {state}"
+        )
+        lines.append(f"           {o.why}")
+    if report.dry_run:
+        lines.append("dry run: nothing deleted")
+    return "\n".join(lines)
+
+
+async def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
+    client = await _client(settings)
+    report = await client.sweep(dry_run=args.dry_run, grace=args.grace)
+    if args.json:
+        print_json(report)
+    else:
+        print(format_sweep(report))
     return 0
 
 
@@ -513,7 +564,20 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("--region", help="only this region (default: every offered region)")
     su.add_argument("--org", help="also show this org's limit and usage")
 
-    sub.add_parser("bootstrap", help="apply the cluster baseline policy", parents=[common])
+    sub.add_parser(
+        "bootstrap",
+        help="apply the cluster baseline policy and create the hourly sweep schedule",
+        parents=[common],
+    )
+    sw = sub.add_parser(
+        "sweep", help="find (and delete) endpoints and policies no connection owns",
+        parents=[common],
+    )
+    sw.add_argument("--dry-run", action="store_true", help="only list the orphans")
+    sw.add_argument(
+        "--grace", type=parse_duration, default=None, metavar="DURATION",
+        help="delete only orphans unowned for this long (default PRIVNET_SWEEP_GRACE_SECONDS)",
+    )
     sub.add_parser("worker", help="run the Temporal worker", parents=[common])
     api = sub.add_parser("api", help="run the HTTP API", parents=[common])
     api.add_argument("--host")
@@ -538,6 +602,7 @@ ASYNC_COMMANDS: dict[str, AsyncCmd] = {
     "bootstrap": cmd_bootstrap,
     "check": cmd_check,
     "setup": cmd_setup,
+    "sweep": cmd_sweep,
 }
 
 

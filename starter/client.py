@@ -24,6 +24,16 @@ from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import (
     Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleState,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
@@ -53,6 +63,8 @@ from workflows.contracts import (
     SIGNAL_DELETE,
     SIGNAL_RETRY_NOW,
     SIGNAL_SET_LIMIT,
+    SWEEP_SCHEDULE_ID,
+    SWEEP_WORKFLOW,
     ConnectionInput,
     ConnectionOptions,
     ConnectionState,
@@ -66,6 +78,8 @@ from workflows.contracts import (
     SetLimitRequest,
     SetupFacts,
     SetupInput,
+    SweepInput,
+    SweepReport,
     connection_workflow_id,
     org_guard_workflow_id,
 )
@@ -671,6 +685,57 @@ class ConnectionsClient:
         except Exception:  # noqa: BLE001 - optional information
             return ""
         return str(getattr(md, "current_details", "") or "")
+
+    async def sweep(
+        self, *, dry_run: bool = False, grace: timedelta | None = None
+    ) -> SweepReport:
+        """Run one sweep now (what the hourly schedule runs) and return its report:
+        the orphans found and, unless ``dry_run``, those deleted."""
+        if grace is None:
+            grace = timedelta(seconds=self.settings.sweep_grace_seconds)
+        if grace < timedelta(0):
+            raise InvalidInput("INVALID_GRACE", f"grace {grace} must not be negative")
+        report: SweepReport = await self.temporal.execute_workflow(
+            SWEEP_WORKFLOW,
+            SweepInput(dry_run=dry_run, grace=grace),
+            id=f"privnet-sweep:manual:{secrets.token_hex(6)}",
+            task_queue=self.settings.task_queue,
+            result_type=SweepReport,
+            execution_timeout=timedelta(minutes=30),
+            static_summary=f"privnet sweep{' (dry run)' if dry_run else ''}",
+        )
+        return report
+
+    def sweep_schedule(self) -> Schedule:
+        interval = timedelta(seconds=self.settings.sweep_interval_seconds)
+        return Schedule(
+            action=ScheduleActionStartWorkflow(
+                SWEEP_WORKFLOW,
+                SweepInput(grace=timedelta(seconds=self.settings.sweep_grace_seconds)),
+                id="privnet-sweep",
+                task_queue=self.settings.task_queue,
+                execution_timeout=timedelta(minutes=30),
+            ),
+            spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=interval)]),
+            policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+            state=ScheduleState(note="privnet: delete endpoints and policies no connection owns"),
+        )
+
+    async def ensure_sweep_schedule(self) -> bool:
+        """Create the hourly sweep schedule, or bring it up to date; True when created."""
+        schedule = self.sweep_schedule()
+        try:
+            await self.temporal.create_schedule(SWEEP_SCHEDULE_ID, schedule)
+            return True
+        except ScheduleAlreadyRunningError:
+            pass
+        handle = self.temporal.get_schedule_handle(SWEEP_SCHEDULE_ID)
+
+        def update(_: ScheduleUpdateInput) -> ScheduleUpdate:
+            return ScheduleUpdate(schedule=schedule)
+
+        await handle.update(update)
+        return False
 
     async def set_limit(self, org_id: str, limit: int) -> GuardUsage:
         validation.org_id(org_id)

@@ -5,7 +5,10 @@ change, so a test can prove that a refused request changed nothing."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -83,6 +86,38 @@ async def api_env(
     finally:
         kube.stop()
         aws.stop()
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def run_cli(env: ApiEnv, *args: str) -> tuple[int, str, str]:
+    """``python -m starter.cli ARGS`` against this env (asynchronously: the worker runs in
+    this event loop). Returns (exit code, stdout, stderr)."""
+    s = env.settings
+    proc_env = {k: v for k, v in os.environ.items() if not k.startswith("PRIVNET_")}
+    proc_env.update(
+        PYTHONPATH=str(REPO),
+        PRIVNET_TEMPORAL_ADDRESS=s.temporal_address,
+        PRIVNET_TASK_QUEUE=s.task_queue,
+        PRIVNET_DATABASE_URL=s.database_url,
+        PRIVNET_AWS_REGION=s.aws_region,
+        PRIVNET_ENDPOINT_NETWORKS=json.dumps(
+            {r: n.model_dump() for r, n in s.endpoint_networks.items()}
+        ),
+        PRIVNET_KUBE_URL=s.kube_url or "",
+        PRIVNET_TASK_NAMESPACES=json.dumps(s.task_namespaces),
+        PRIVNET_SWEEP_INTERVAL_SECONDS=str(s.sweep_interval_seconds),
+        PRIVNET_SWEEP_GRACE_SECONDS=str(s.sweep_grace_seconds),
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "starter.cli", *args,
+        cwd=str(REPO / "tests"), env=proc_env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -7,10 +7,7 @@ and the only workflows started are the short check/setup ones (no org guard: no 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -25,7 +22,7 @@ from activities.preflight import PreflightActivities
 from activities.store import Store
 from sandbox.aws import SandboxAws, SandboxSeed
 from settings import EndpointNetwork
-from tests.api_env import ApiEnv, api_env, bearer, snapshot
+from tests.api_env import ApiEnv, api_env, bearer, run_cli, snapshot
 from tests.aws_fixtures import FAST, base_session
 from workflows.contracts import (
     ConnectionStatus,
@@ -245,29 +242,6 @@ async def env(temporal_env: WorkflowEnvironment, tmp_path_factory: Any) -> Async
         yield e
 
 
-async def _cli(env: ApiEnv, *args: str) -> tuple[int, str, str]:
-    s = env.settings
-    proc_env = {k: v for k, v in os.environ.items() if not k.startswith("PRIVNET_")}
-    proc_env.update(
-        PYTHONPATH=str(REPO),
-        PRIVNET_TEMPORAL_ADDRESS=s.temporal_address,
-        PRIVNET_TASK_QUEUE=s.task_queue,
-        PRIVNET_DATABASE_URL=s.database_url,
-        PRIVNET_AWS_REGION=s.aws_region,
-        PRIVNET_ENDPOINT_NETWORKS=json.dumps(
-            {r: n.model_dump() for r, n in s.endpoint_networks.items()}
-        ),
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "starter.cli", *args,
-        cwd=str(REPO / "tests"), env=proc_env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 90)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 @pytest.mark.timeout(240)
 async def test_check_through_api_cli_and_client_changes_nothing(env: ApiEnv) -> None:
     seed = env.seed
@@ -303,12 +277,12 @@ async def test_check_through_api_cli_and_client_changes_nothing(env: ApiEnv) -> 
     assert [c.model_dump() for c in via_client.checks] == [
         c.model_dump() for c in denied.checks
     ]
-    code, out, err = await _cli(
+    code, out, err = await run_cli(
         env, "check", "--org", org, "--service-name", seed.customer_services["allowed"], "--json"
     )
     assert code == 0, err
     assert json.loads(out) == ok.model_dump(mode="json")
-    code, out, err = await _cli(
+    code, out, err = await run_cli(
         env, "check", "--org", org, "--service-name", seed.customer_services["not_allowed"]
     )
     assert code == 1 and "service_visible" in err
@@ -354,10 +328,10 @@ async def test_setup_facts_through_api_cli_and_client(env: ApiEnv) -> None:
     assert via_client.org is not None and via_client.org.limit == 5
     assert via_client.principal_arn == seed.principal_arn
 
-    code, out, err = await _cli(env, "setup", "--json", "--org", org)
+    code, out, err = await run_cli(env, "setup", "--json", "--org", org)
     assert code == 0, err
     doc = json.loads(out)
     assert doc["org"]["limit"] == 5 and doc["principal_arn"] == seed.principal_arn
-    code, out, err = await _cli(env, "setup", "--region", "us-east-1")
+    code, out, err = await run_cli(env, "setup", "--region", "us-east-1")
     assert code == 0, err
     assert seed.principal_arn in out and "us-east-1" in out

@@ -153,9 +153,10 @@ def real_activities(client: Client, settings: Settings) -> list[object]:
     from activities.preflight import PreflightActivities
     from activities.store import Store, StoreActivities
     from activities.sweeper import SweeperActivities
+    from migrations import prepare_store
 
     store = Store.from_settings(settings)
-    store.create_schema()
+    prepare_store(settings, store)
     return [
         AwsActivities(settings),
         KubernetesActivities.from_settings(settings),

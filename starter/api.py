@@ -438,9 +438,11 @@ def create_app(
 def run(settings: Settings) -> None:
     import uvicorn
 
+    from starter.client import open_store
     from worker import configure_logging
 
     configure_logging(settings.log_level)
+    open_store(settings).dispose()  # migrate (PRIVNET_DB_AUTO_MIGRATE) before serving
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,

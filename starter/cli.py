@@ -446,6 +446,33 @@ async def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    from activities.store import Store
+    from migrations import current_revision, head_revision, upgrade
+
+    try:
+        store = Store(settings.database_url)
+    except ValueError as err:
+        raise UsageError(f"PRIVNET_DATABASE_URL: {err}") from None
+    try:
+        before = current_revision(store)
+        after = upgrade(store, args.revision) if args.db_command == "upgrade" else before
+    except Exception as err:  # noqa: BLE001 - unreachable database, bad revision: one line
+        raise CommandFailed(f"database {store.engine.url!r}: {err}") from None
+    finally:
+        store.dispose()
+    head = head_revision()
+    if args.json:
+        print_json({"database_url": str(store.engine.url), "before": before, "current": after,
+                    "head": head})
+    elif args.db_command == "upgrade":
+        moved = "already at" if before == after else f"upgraded from {before or 'empty'} to"
+        print(f"store schema {moved} {after} (head {head})")
+    else:
+        print(f"store schema at {after or 'no revision'} (head {head})")
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker import run_worker
 
@@ -578,6 +605,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace", type=parse_duration, default=None, metavar="DURATION",
         help="delete only orphans unowned for this long (default PRIVNET_SWEEP_GRACE_SECONDS)",
     )
+    db = sub.add_parser("db", help="the store's schema (migrations)", parents=[common])
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="{upgrade,current}")
+    up_db = db_sub.add_parser("upgrade", help="migrate the store to head", parents=[common])
+    up_db.add_argument("--revision", default="head", help="target revision (default head)")
+    db_sub.add_parser("current", help="show the store's schema revision", parents=[common])
+
     sub.add_parser("worker", help="run the Temporal worker", parents=[common])
     api = sub.add_parser("api", help="run the HTTP API", parents=[common])
     api.add_argument("--host")
@@ -625,6 +658,8 @@ def run(argv: list[str] | None = None) -> int:
             return cmd_worker(args, settings)
         if args.command == "api":
             return cmd_api(args, settings)
+        if args.command == "db":
+            return cmd_db(args, settings)
         _validate_ids(args)
         return asyncio.run(ASYNC_COMMANDS[args.command](args, settings))
     except (InvalidInput, UsageError) as err:

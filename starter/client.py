@@ -792,10 +792,11 @@ async def connect_temporal(settings: Settings) -> Client:
 
 
 def open_store(settings: Settings) -> Any:
+    """The store, migrated to head when ``PRIVNET_DB_AUTO_MIGRATE`` is on (default for
+    SQLite), else checked to be current (``privnet db upgrade`` names the fix)."""
     from activities.store import Store
+    from migrations import prepare_store
 
     store = Store(settings.database_url)
-    create = getattr(store, "create_schema", None)
-    if create is not None and not inspect.iscoroutinefunction(create):
-        create()
+    prepare_store(settings, store)
     return store

@@ -7,6 +7,7 @@ and the only workflows started are the short check/setup ones (no org guard: no 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -294,6 +295,11 @@ async def test_check_through_api_cli_and_client_changes_nothing(env: ApiEnv) -> 
     assert not _check(full, "slots").ok and "privnet limits set" in _check(full, "slots").fix
 
     after = await snapshot(env)
+    deadline = asyncio.get_running_loop().time() + 30
+    while after["workflows"] == before["workflows"]:  # visibility may lag a moment
+        assert asyncio.get_running_loop().time() < deadline, "no check workflow visible"
+        await asyncio.sleep(0.2)
+        after = await snapshot(env)
     for key in ("rows", "endpoints", "kube"):
         assert after[key] == before[key], key
     assert env.kube.write_count == 0

@@ -10,6 +10,7 @@ COPY workflows ./workflows
 COPY activities ./activities
 COPY starter ./starter
 COPY sandbox ./sandbox
+COPY migrations ./migrations
 RUN pip install . && useradd --uid 10001 --no-create-home privnet
 
 USER 10001

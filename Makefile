@@ -8,7 +8,7 @@ BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.privnet-installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
-PACKAGES  := workflows activities starter sandbox settings.py worker.py
+PACKAGES  := workflows activities starter sandbox migrations settings.py worker.py
 
 .PHONY: demo test lint typecheck pytest e2e dev install clean
 

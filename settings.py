@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,8 +68,9 @@ class Settings(BaseSettings):
     slot_decision_timeout_seconds: float = 60
     guard_leak_check_interval_seconds: float = 300
 
-    # HTTP API
-    api_tokens: list[str] = Field(default_factory=list)
+    # HTTP API. A JSON list (each token acts for every org, as the dashboard backend does)
+    # or a JSON object {"<token>": ["org-a", "org-b"] | "*"} scoping each token.
+    api_tokens: list[str] | dict[str, list[str] | Literal["*"]] = Field(default_factory=list)
     api_host: str = "127.0.0.1"
     api_port: int = 8080
 
@@ -77,6 +79,18 @@ class Settings(BaseSettings):
     # each hit is appended to ``failpoint_log``. Never set in production.
     failpoints: list[dict[str, str]] = Field(default_factory=list)
     failpoint_log: str | None = None
+
+    # Pre-flight check and setup facts: how long a caller waits for the worker's answer
+    edge_timeout_seconds: float = 60
+
+    # Sweeper (orphaned endpoints and policies) and store migrations
+    sweep_interval_seconds: float = 3600
+    sweep_grace_seconds: float = Field(
+        3600, description="an orphan is deleted only this long after it was last owned"
+    )
+    db_auto_migrate: bool | None = Field(
+        None, description="migrate the store at worker/API start; unset = on for SQLite only"
+    )
 
     # Observability
     log_level: str = "INFO"

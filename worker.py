@@ -35,10 +35,18 @@ from temporalio.worker import (
 from settings import Settings, get_settings
 from workflows.connection import PrivateConnectionWorkflow
 from workflows.org_guard import OrgGuardWorkflow
+from workflows.preflight import PreflightWorkflow, SetupFactsWorkflow
+from workflows.sweeper import SweepWorkflow
 
 log = structlog.get_logger("privnet.worker")
 
-WORKFLOWS: list[type] = [PrivateConnectionWorkflow, OrgGuardWorkflow]
+WORKFLOWS: list[type] = [
+    PrivateConnectionWorkflow,
+    OrgGuardWorkflow,
+    PreflightWorkflow,
+    SetupFactsWorkflow,
+    SweepWorkflow,
+]
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -198,16 +206,21 @@ def real_activities(client: Client, settings: Settings) -> list[object]:
     from activities.aws import AwsActivities
     from activities.guard import GuardActivities
     from activities.kubernetes import KubernetesActivities
+    from activities.preflight import PreflightActivities
     from activities.store import OrgSlotActivities, Store, StoreActivities
+    from activities.sweeper import SweeperActivities
+    from migrations import prepare_store
 
     store = Store.from_settings(settings)
-    store.create_schema()
+    prepare_store(settings, store)
     return [
         AwsActivities(settings),
         KubernetesActivities.from_settings(settings),
         StoreActivities(store),
         OrgSlotActivities(store),
         GuardActivities(client, settings.task_queue, settings.guard_leak_check_interval_seconds),
+        PreflightActivities(settings, store),
+        SweeperActivities(settings, store, client),
     ]
 
 

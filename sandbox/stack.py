@@ -150,9 +150,10 @@ class Stack:
 
         database_url = f"sqlite:///{self.data_dir / 'privnet.db'}"
         from activities.store import Store
+        from migrations import upgrade
 
         store = Store(database_url)
-        store.create_schema()
+        upgrade(store)  # the worker and API find the schema at head
         store.dispose()
 
         api_port = free_port()

@@ -24,12 +24,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from settings import Settings
+from starter import validation
 from workflows.contracts import (
     ConnectionStatus,
     ConnectionView,
     InvalidInput,
-    validate_connection_id,
-    validate_org_id,
 )
 
 DEFAULT_STACK = os.path.join(".privnet", "stack.json")
@@ -173,15 +172,17 @@ async def _watch(
 def _validate_ids(args: argparse.Namespace) -> None:
     """Bad input fails fast (exit 2), before any connection to Temporal."""
     if getattr(args, "org", None) is not None:
-        validate_org_id(args.org)
+        validation.org_id(args.org)
     if getattr(args, "id", None) is not None:
-        validate_connection_id(args.id)
+        validation.connection_id(args.id)
 
 
 async def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
     from starter.client import validate_create
 
-    validate_create(settings, args.org, args.service_name, args.region, args.id, args.port or ())
+    validate_create(
+        settings, args.org, args.service_name, args.region, args.id, args.port or (), args.name
+    )
     client = await _client(settings)
     view = await client.create(
         args.org,
@@ -323,20 +324,152 @@ async def cmd_limits(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
     from activities.kubernetes import KubernetesActivities
+    from workflows.contracts import SWEEP_SCHEDULE_ID
 
     kube = KubernetesActivities.from_settings(settings)
     result = kube.apply_baseline()
     if inspect.isawaitable(result):
         result = await result
     changed = bool(result)
+    client = await _client(settings)
+    created = await client.ensure_sweep_schedule()
     if args.json:
-        print_json({"applied": True, "changed": changed, "namespaces": settings.task_namespaces})
+        print_json(
+            {
+                "applied": True,
+                "changed": changed,
+                "namespaces": settings.task_namespaces,
+                "sweep_schedule": SWEEP_SCHEDULE_ID,
+                "sweep_schedule_created": created,
+            }
+        )
     else:
         state = "applied" if changed else "already up to date"
         print(
             f"cluster baseline policy {state} (task namespaces: "
             f"{', '.join(settings.task_namespaces)})"
         )
+        every = timedelta(seconds=settings.sweep_interval_seconds)
+        print(
+            f"sweep schedule {SWEEP_SCHEDULE_ID} {'created' if created else 'up to date'} "
+            f"(every {every})"
+        )
+    return 0
+
+
+def format_sweep(report: Any) -> str:
+    grace = timedelta(seconds=int(report.grace_seconds))
+    due = sum(1 for o in report.orphans if o.due)
+    lines = [
+        f"checked {report.endpoints_seen} endpoint(s) and {report.policies_seen} policy(ies): "
+        f"{len(report.orphans)} orphan(s), {due} unowned for longer than {grace}"
+    ]
+    for o in report.orphans:
+        where = o.region or o.namespace or ""
+        if o.id in report.deleted:
+            state = "DELETED"
+        elif o.due and not report.dry_run:
+            state = "kept"
+        else:
+            state = "due" if o.due else "in grace"
+        lines.append(
+            f"  {o.kind:<8} {o.id}  {where}  {o.org_id}/{o.connection_id}  "
+            f"last owned {o.last_owned_at.isoformat(timespec='seconds')}  {state}"
+        )
+        lines.append(f"           {o.why}")
+    if report.dry_run:
+        lines.append("dry run: nothing deleted")
+    return "\n".join(lines)
+
+
+async def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
+    client = await _client(settings)
+    report = await client.sweep(dry_run=args.dry_run, grace=args.grace)
+    if args.json:
+        print_json(report)
+    else:
+        print(format_sweep(report))
+    return 0
+
+
+def format_checks(result: Any) -> str:
+    lines = [f"pre-flight: {'ok' if result.ok else 'NOT OK'}"]
+    for c in result.checks:
+        lines.append(f"  {'ok  ' if c.ok else 'FAIL'}  {c.name:<20} {c.detail}")
+        if c.fix:
+            lines.append(f"        {'':<20} fix: {c.fix}")
+    return "\n".join(lines)
+
+
+async def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    validation.check_request(
+        org=args.org,
+        endpoint_service_name=args.service_name,
+        region_name=args.region,
+        default_region=settings.aws_region,
+    )
+    client = await _client(settings)
+    result = await client.check(args.org, args.service_name, region=args.region)
+    if args.json:
+        print_json(result)
+    else:
+        print(format_checks(result))
+    if not result.ok:
+        failed = ", ".join(c.name for c in result.checks if not c.ok)
+        raise CommandFailed(f"pre-flight check failed: {failed}")
+    return 0
+
+
+def format_setup(facts: Any) -> str:
+    lines = [f"principal to allow   {facts.principal_arn}"]
+    lines.append(f"regions offered      {', '.join(facts.regions_offered) or '-'}")
+    for r in facts.regions:
+        cross = "cross-region available" if r.cross_region else "same region only"
+        lines.append(f"  {r.region:<18} AZ ids {', '.join(r.az_ids) or '-'}  ({cross})")
+    if facts.org is not None:
+        o = facts.org
+        lines.append(f"org {o.org_id}: {o.usage} of {o.limit} connections ({o.remaining} left)")
+    lines.append("steps")
+    lines.extend(f"  {i}. {step}" for i, step in enumerate(facts.steps, 1))
+    return "\n".join(lines)
+
+
+async def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
+    if args.region is not None:
+        validation.region(args.region, settings.endpoint_networks)
+    client = await _client(settings)
+    facts = await client.setup(region=args.region, org_id=args.org)
+    if args.json:
+        print_json(facts)
+    else:
+        print(format_setup(facts))
+    return 0
+
+
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    from activities.store import Store
+    from migrations import current_revision, head_revision, upgrade
+
+    try:
+        store = Store(settings.database_url)
+    except ValueError as err:
+        raise UsageError(f"PRIVNET_DATABASE_URL: {err}") from None
+    try:
+        before = current_revision(store)
+        after = upgrade(store, args.revision) if args.db_command == "upgrade" else before
+    except Exception as err:  # noqa: BLE001 - unreachable database, bad revision: one line
+        raise CommandFailed(f"database {store.engine.url!r}: {err}") from None
+    finally:
+        store.dispose()
+    head = head_revision()
+    if args.json:
+        print_json({"database_url": str(store.engine.url), "before": before, "current": after,
+                    "head": head})
+    elif args.db_command == "upgrade":
+        moved = "already at" if before == after else f"upgraded from {before or 'empty'} to"
+        print(f"store schema {moved} {after} (head {head})")
+    else:
+        print(f"store schema at {after or 'no revision'} (head {head})")
     return 0
 
 
@@ -445,7 +578,39 @@ def build_parser() -> argparse.ArgumentParser:
     ls_get = lim_sub.add_parser("get", help="show an org's limit and usage", parents=[common])
     ls_get.add_argument("--org", required=True)
 
-    sub.add_parser("bootstrap", help="apply the cluster baseline policy", parents=[common])
+    chk = sub.add_parser(
+        "check", help="pre-flight check of a connection (creates nothing)", parents=[common]
+    )
+    chk.add_argument("--org", required=True)
+    chk.add_argument("--service-name", required=True, help="com.amazonaws.vpce.<region>.vpce-svc-…")
+    chk.add_argument("--region", help="region of our endpoint (default PRIVNET_AWS_REGION)")
+
+    su = sub.add_parser(
+        "setup", help="what a customer must configure on their side", parents=[common]
+    )
+    su.add_argument("--region", help="only this region (default: every offered region)")
+    su.add_argument("--org", help="also show this org's limit and usage")
+
+    sub.add_parser(
+        "bootstrap",
+        help="apply the cluster baseline policy and create the hourly sweep schedule",
+        parents=[common],
+    )
+    sw = sub.add_parser(
+        "sweep", help="find (and delete) endpoints and policies no connection owns",
+        parents=[common],
+    )
+    sw.add_argument("--dry-run", action="store_true", help="only list the orphans")
+    sw.add_argument(
+        "--grace", type=parse_duration, default=None, metavar="DURATION",
+        help="delete only orphans unowned for this long (default PRIVNET_SWEEP_GRACE_SECONDS)",
+    )
+    db = sub.add_parser("db", help="the store's schema (migrations)", parents=[common])
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="{upgrade,current}")
+    up_db = db_sub.add_parser("upgrade", help="migrate the store to head", parents=[common])
+    up_db.add_argument("--revision", default="head", help="target revision (default head)")
+    db_sub.add_parser("current", help="show the store's schema revision", parents=[common])
+
     sub.add_parser("worker", help="run the Temporal worker", parents=[common])
     api = sub.add_parser("api", help="run the HTTP API", parents=[common])
     api.add_argument("--host")
@@ -468,13 +633,16 @@ ASYNC_COMMANDS: dict[str, AsyncCmd] = {
     "stuck": cmd_stuck,
     "limits": cmd_limits,
     "bootstrap": cmd_bootstrap,
+    "check": cmd_check,
+    "setup": cmd_setup,
+    "sweep": cmd_sweep,
 }
 
 
 def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from starter.client import Conflict, NotFound
+    from starter.client import Conflict, NotFound, Unavailable
 
     try:
         if args.command == "dev":
@@ -490,13 +658,15 @@ def run(argv: list[str] | None = None) -> int:
             return cmd_worker(args, settings)
         if args.command == "api":
             return cmd_api(args, settings)
+        if args.command == "db":
+            return cmd_db(args, settings)
         _validate_ids(args)
         return asyncio.run(ASYNC_COMMANDS[args.command](args, settings))
     except (InvalidInput, UsageError) as err:
         code = getattr(err, "code", None)
         print(f"privnet: error: {code + ': ' if code else ''}{err}", file=sys.stderr)
         return 2
-    except (NotFound, Conflict, CommandFailed, TimeoutError) as err:
+    except (NotFound, Conflict, Unavailable, CommandFailed, TimeoutError) as err:
         print(f"privnet: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -24,6 +24,16 @@ from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import (
     Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleState,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
@@ -39,17 +49,22 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from settings import Settings
+from starter import validation
 from workflows.contracts import (
+    PREFLIGHT_WORKFLOW,
     PROVISIONING_STATUSES,
     QUERY_STATUS,
     QUERY_USAGE,
     SA_ORG_ID,
     SA_REGION,
     SA_STATUS,
+    SETUP_FACTS_WORKFLOW,
     SIGNAL_CANCEL,
     SIGNAL_DELETE,
     SIGNAL_RETRY_NOW,
     SIGNAL_SET_LIMIT,
+    SWEEP_SCHEDULE_ID,
+    SWEEP_WORKFLOW,
     ConnectionInput,
     ConnectionOptions,
     ConnectionState,
@@ -58,13 +73,15 @@ from workflows.contracts import (
     GuardUsage,
     InvalidInput,
     OrgGuardInput,
+    PreflightInput,
+    PreflightResult,
     SetLimitRequest,
+    SetupFacts,
+    SetupInput,
+    SweepInput,
+    SweepReport,
     connection_workflow_id,
     org_guard_workflow_id,
-    parse_service_region,
-    validate_connection_id,
-    validate_org_id,
-    validate_region,
 )
 
 CONNECTION_WORKFLOW = "PrivateConnectionWorkflow"
@@ -91,6 +108,16 @@ class Conflict(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+        self.message = message
+
+
+class Unavailable(Exception):
+    """The worker could not answer (AWS kept failing, no worker polling): try again."""
+
+    code = "UNAVAILABLE"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
         self.message = message
 
 
@@ -196,27 +223,25 @@ def view_from_state(
 
 def validate_create(
     settings: Settings,
-    org_id: str,
-    endpoint_service_name: str,
-    region: str | None,
-    connection_id: str | None,
-    ports: Iterable[int],
-) -> tuple[str, str, str, str, list[int]]:
-    """Validate a create request; returns (org, connection_id, service_region, region,
-    ports). Raises ``InvalidInput`` with a message naming the expected format."""
-    validate_org_id(org_id)
-    service_name = (endpoint_service_name or "").strip()
-    service_region = parse_service_region(service_name)
-    region = region or settings.aws_region
-    validate_region(region)
-    cid = connection_id if connection_id is not None else new_connection_id()
-    validate_connection_id(cid)
-    port_list: list[int] = []
-    for p in ports:
-        if not isinstance(p, int) or isinstance(p, bool) or not 1 <= p <= 65535:
-            raise InvalidInput("INVALID_PORT", f"port {p!r} is not a TCP port (1-65535)")
-        port_list.append(p)
-    return cid, service_name, service_region, region, sorted(set(port_list))
+    org_id: Any,
+    endpoint_service_name: Any,
+    region: Any = None,
+    connection_id: Any = None,
+    ports: Any = (),
+    display_name: Any = None,
+) -> validation.CreateRequest:
+    """Every rule of a create (``starter.validation``) with this deployment's default and
+    offered regions. Raises ``InvalidInput`` whose message names the fix."""
+    return validation.create_request(
+        org=org_id,
+        endpoint_service_name=endpoint_service_name,
+        region_name=region,
+        connection=connection_id,
+        name=display_name,
+        port_list=ports,
+        default_region=settings.aws_region,
+        offered_regions=settings.endpoint_networks,
+    )
 
 
 class ConnectionsClient:
@@ -270,9 +295,15 @@ class ConnectionsClient:
         ports: Iterable[int] = (),
         wait_admission: timedelta = timedelta(seconds=5),
     ) -> ConnectionView:
-        cid, service_name, service_region, region, port_list = validate_create(
-            self.settings, org_id, endpoint_service_name, region, connection_id, ports
+        req = validate_create(
+            self.settings, org_id, endpoint_service_name, region, connection_id, ports,
+            display_name,
         )
+        cid = req.connection_id or new_connection_id()
+        service_name, service_region, region = (
+            req.endpoint_service_name, req.service_region, req.region
+        )
+        port_list = req.ports
         inp = ConnectionInput(
             org_id=org_id,
             connection_id=cid,
@@ -356,8 +387,8 @@ class ConnectionsClient:
             )
 
     async def get(self, org_id: str, connection_id: str) -> ConnectionView:
-        validate_org_id(org_id)
-        validate_connection_id(connection_id)
+        validation.org_id(org_id)
+        validation.connection_id(connection_id)
         view = await self._store_get(org_id, connection_id, with_timeline=True)
         if view is not None:
             if view.workflow_id is None:
@@ -403,7 +434,7 @@ class ConnectionsClient:
 
     async def list(self, org_id: str | None = None) -> list[ConnectionView]:
         if org_id is not None:
-            validate_org_id(org_id)
+            validation.org_id(org_id)
         if self.store is None:
             return []
         rows = await _call(self.store.list, org_id=org_id)
@@ -506,6 +537,77 @@ class ConnectionsClient:
         assert last is not None
         return last
 
+    # ------------------------------------------------------------------ customers
+
+    async def _run_short(
+        self, workflow: str, arg: Any, result_type: type[Any], wid: str, summary: str
+    ) -> Any:
+        """Run a short workflow (one activity in the worker) and return its result."""
+        timeout = timedelta(seconds=self.settings.edge_timeout_seconds)
+        try:
+            return await self.temporal.execute_workflow(
+                workflow,
+                arg,
+                id=wid,
+                task_queue=self.settings.task_queue,
+                result_type=result_type,
+                execution_timeout=timeout,
+                static_summary=summary[:200],
+            )
+        except WorkflowFailureError as err:
+            cause: BaseException | None = err.cause
+            while getattr(cause, "cause", None) is not None:
+                cause = getattr(cause, "cause", None)
+            raise Unavailable(
+                f"{summary} did not complete: {cause or err}; check that a worker runs on "
+                f"task queue {self.settings.task_queue!r} and try again"
+            ) from None
+
+    async def check(
+        self, org_id: str, endpoint_service_name: str, region: str | None = None
+    ) -> PreflightResult:
+        """Pre-flight: what creating this connection would find. Creates nothing, takes no
+        slot; runs as a short workflow whose one activity runs in the worker."""
+        req = validation.check_request(
+            org=org_id,
+            endpoint_service_name=endpoint_service_name,
+            region_name=region,
+            default_region=self.settings.aws_region,
+        )
+        inp = PreflightInput(
+            org_id=req.org_id,
+            endpoint_service_name=req.endpoint_service_name,
+            region=req.region,
+            service_region=req.service_region,
+            default_org_limit=self.settings.default_org_limit,
+        )
+        result: PreflightResult = await self._run_short(
+            PREFLIGHT_WORKFLOW,
+            inp,
+            PreflightResult,
+            f"privnet-check:{req.org_id}:{secrets.token_hex(6)}",
+            f"pre-flight check of {req.endpoint_service_name} ({req.region}) for {req.org_id}",
+        )
+        return result
+
+    async def setup(self, region: str | None = None, org_id: str | None = None) -> SetupFacts:
+        """What a customer must configure: the principal to allow, the regions and AZ ids
+        privnet offers, cross-region; with ``org_id`` also its limit and usage."""
+        if org_id is not None:
+            validation.org_id(org_id)
+        if region is not None:
+            validation.region(region, self.settings.endpoint_networks)
+        facts: SetupFacts = await self._run_short(
+            SETUP_FACTS_WORKFLOW,
+            SetupInput(
+                region=region, org_id=org_id, default_org_limit=self.settings.default_org_limit
+            ),
+            SetupFacts,
+            f"privnet-setup:{secrets.token_hex(6)}",
+            "setup facts" + (f" for {org_id}" if org_id else ""),
+        )
+        return facts
+
     # ------------------------------------------------------------------ operators
 
     async def stuck(
@@ -584,11 +686,62 @@ class ConnectionsClient:
             return ""
         return str(getattr(md, "current_details", "") or "")
 
+    async def sweep(
+        self, *, dry_run: bool = False, grace: timedelta | None = None
+    ) -> SweepReport:
+        """Run one sweep now (what the hourly schedule runs) and return its report:
+        the orphans found and, unless ``dry_run``, those deleted."""
+        if grace is None:
+            grace = timedelta(seconds=self.settings.sweep_grace_seconds)
+        if grace < timedelta(0):
+            raise InvalidInput("INVALID_GRACE", f"grace {grace} must not be negative")
+        report: SweepReport = await self.temporal.execute_workflow(
+            SWEEP_WORKFLOW,
+            SweepInput(dry_run=dry_run, grace=grace),
+            id=f"privnet-sweep:manual:{secrets.token_hex(6)}",
+            task_queue=self.settings.task_queue,
+            result_type=SweepReport,
+            execution_timeout=timedelta(minutes=30),
+            static_summary=f"privnet sweep{' (dry run)' if dry_run else ''}",
+        )
+        return report
+
+    def sweep_schedule(self) -> Schedule:
+        interval = timedelta(seconds=self.settings.sweep_interval_seconds)
+        return Schedule(
+            action=ScheduleActionStartWorkflow(
+                SWEEP_WORKFLOW,
+                SweepInput(grace=timedelta(seconds=self.settings.sweep_grace_seconds)),
+                id="privnet-sweep",
+                task_queue=self.settings.task_queue,
+                execution_timeout=timedelta(minutes=30),
+            ),
+            spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=interval)]),
+            policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+            state=ScheduleState(note="privnet: delete endpoints and policies no connection owns"),
+        )
+
+    async def ensure_sweep_schedule(self) -> bool:
+        """Create the hourly sweep schedule, or bring it up to date; True when created."""
+        schedule = self.sweep_schedule()
+        try:
+            await self.temporal.create_schedule(SWEEP_SCHEDULE_ID, schedule)
+            return True
+        except ScheduleAlreadyRunningError:
+            pass
+        handle = self.temporal.get_schedule_handle(SWEEP_SCHEDULE_ID)
+
+        def update(_: ScheduleUpdateInput) -> ScheduleUpdate:
+            return ScheduleUpdate(schedule=schedule)
+
+        await handle.update(update)
+        return False
+
     async def set_limit(self, org_id: str, limit: int) -> GuardUsage:
         """Store the override first (it survives the guard being terminated or reset), then
         tell the guard."""
-        validate_org_id(org_id)
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        validation.org_id(org_id)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise InvalidInput("INVALID_LIMIT", f"limit {limit!r} must be an integer >= 0")
         if self.store is not None:
             await _call(self.store.set_org_limit, org_id, limit)
@@ -618,7 +771,7 @@ class ConnectionsClient:
         return usage
 
     async def get_limit(self, org_id: str) -> GuardUsage:
-        validate_org_id(org_id)
+        validation.org_id(org_id)
         handle = self.temporal.get_workflow_handle(org_guard_workflow_id(org_id))
         try:
             return await handle.query(
@@ -647,10 +800,11 @@ async def connect_temporal(settings: Settings) -> Client:
 
 
 def open_store(settings: Settings) -> Any:
+    """The store, migrated to head when ``PRIVNET_DB_AUTO_MIGRATE`` is on (default for
+    SQLite), else checked to be current (``privnet db upgrade`` names the fix)."""
     from activities.store import Store
+    from migrations import prepare_store
 
     store = Store(settings.database_url)
-    create = getattr(store, "create_schema", None)
-    if create is not None and not inspect.iscoroutinefunction(create):
-        create()
+    prepare_store(settings, store)
     return store

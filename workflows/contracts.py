@@ -560,3 +560,111 @@ class ConnectionView(BaseModel):
     updated_at: datetime | None = None
     workflow_id: str | None = None
     timeline: list[TimelineEntry] | None = None
+
+
+# --------------------------------------------------------------------------- edge (issue 14)
+# Pre-flight check, setup facts and the sweeper: short workflows that run their activities
+# in the worker (which holds the AWS role) and complete.
+
+PREFLIGHT_WORKFLOW = "PreflightWorkflow"
+SETUP_FACTS_WORKFLOW = "SetupFactsWorkflow"
+SWEEP_WORKFLOW = "SweepWorkflow"
+SWEEP_SCHEDULE_ID = "privnet-sweeper"
+
+ACT_PREFLIGHT = "preflight_check"
+ACT_SETUP_FACTS = "setup_facts"
+ACT_SWEEP_FIND = "sweep_find_orphans"
+ACT_SWEEP_DELETE = "sweep_delete_orphan"
+
+
+class PreflightInput(BaseModel):
+    org_id: str
+    endpoint_service_name: str
+    region: str  # where our endpoint would live
+    service_region: str
+    default_org_limit: int = 2
+
+
+class PreflightCheck(BaseModel):
+    name: str
+    ok: bool
+    detail: str
+    fix: str | None = None  # what the customer (or operator) must do; None when ok
+
+
+class PreflightResult(BaseModel):
+    ok: bool
+    checks: list[PreflightCheck]
+
+
+class OrgUsage(BaseModel):
+    org_id: str
+    limit: int
+    usage: int  # live (non-terminal) connections
+    remaining: int
+
+
+class RegionFacts(BaseModel):
+    region: str
+    az_ids: list[str]  # AZ ids where privnet has endpoint subnets
+    cross_region: bool  # endpoints here can reach services in other regions
+
+
+class SetupInput(BaseModel):
+    region: str | None = None  # None: every offered region
+    org_id: str | None = None
+    default_org_limit: int = 2
+
+
+class SetupFacts(BaseModel):
+    principal_arn: str
+    default_region: str
+    regions_offered: list[str]
+    regions: list[RegionFacts]
+    cross_region_available: bool
+    org: OrgUsage | None = None
+    steps: list[str] = Field(default_factory=list)
+
+
+class SweepInput(BaseModel):
+    dry_run: bool = False
+    grace: timedelta = timedelta(hours=1)
+
+
+class Orphan(BaseModel):
+    """A privnet-tagged endpoint or privnet-labelled policy that no live connection owns."""
+
+    kind: Literal["endpoint", "policy"]
+    id: str  # vpce id, or namespace/name
+    region: str | None = None
+    namespace: str | None = None
+    name: str | None = None
+    uid: str | None = None
+    resource_version: str | None = None
+    org_id: str | None = None
+    connection_id: str | None = None
+    why: str
+    created_at: datetime | None = None
+    last_owned_at: datetime
+    due: bool  # the grace period since last_owned_at has passed
+
+
+class SweepReport(BaseModel):
+    checked_at: datetime
+    dry_run: bool = False
+    grace_seconds: float
+    endpoints_seen: int = 0
+    policies_seen: int = 0
+    orphans: list[Orphan] = Field(default_factory=list)
+    deleted: list[str] = Field(default_factory=list)  # ids of orphans deleted
+    skipped: list[str] = Field(default_factory=list)  # ids found owned/changed on re-check
+
+
+class SweepDeleteInput(BaseModel):
+    orphan: Orphan
+    grace: timedelta
+
+
+class SweepDeleteResult(BaseModel):
+    deleted: bool
+    detail: str

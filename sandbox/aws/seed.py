@@ -48,39 +48,44 @@ class SandboxSeed(BaseModel):
     access_key_id: str = SANDBOX_ACCESS_KEY
     secret_access_key: str = SANDBOX_SECRET_KEY
 
+    # Further endpoint VPCs per region (tried after the first: the per-VPC quota).
+    more_endpoint_networks: dict[str, list[EndpointNetworkSeed]] = Field(default_factory=dict)
+
+    def networks(self, region: str) -> list[EndpointNetworkSeed]:
+        first = self.endpoint_networks.get(region)
+        return ([first] if first else []) + list(self.more_endpoint_networks.get(region, []))
+
+    def _networks_json(self) -> dict[str, Any]:
+        """PRIVNET_ENDPOINT_NETWORKS: one object per region, a list where it has several."""
+        out: dict[str, Any] = {}
+        for region in self.endpoint_networks:
+            nets = [{"vpc_id": n.vpc_id, "subnet_ids": n.subnet_ids,
+                     "security_group_ids": n.security_group_ids}
+                    for n in self.networks(region)]
+            out[region] = nets[0] if len(nets) == 1 else nets
+        return out
+
     def settings(self, **overrides: Any) -> Settings:
         """privnet settings that use this sandbox as the endpoints account."""
-        from settings import EndpointNetwork, Settings
+        from settings import Settings
 
         values: dict[str, Any] = {
             "aws_region": self.region,
             "aws_role_arn": self.role_arn,
             "aws_endpoint_url": self.endpoint_url,
-            "endpoint_networks": {
-                region: EndpointNetwork(
-                    vpc_id=n.vpc_id,
-                    subnet_ids=n.subnet_ids,
-                    security_group_ids=n.security_group_ids,
-                )
-                for region, n in self.endpoint_networks.items()
-            },
+            "endpoint_networks": self._networks_json(),
         }
         values.update(overrides)
         return Settings(**values)
 
     def env(self) -> dict[str, str]:
         """PRIVNET_* / AWS_* variables a worker needs to use this sandbox."""
-        networks = {
-            r: {"vpc_id": n.vpc_id, "subnet_ids": n.subnet_ids,
-                "security_group_ids": n.security_group_ids}
-            for r, n in self.endpoint_networks.items()
-        }
         return {
             "PRIVNET_AWS_REGION": self.region,
             "PRIVNET_AWS_ROLE_ARN": self.role_arn,
             "PRIVNET_AWS_ENDPOINT_URL": self.endpoint_url,
             "PRIVNET_AWS_PRINCIPAL_ARN": self.principal_arn,
-            "PRIVNET_ENDPOINT_NETWORKS": json.dumps(networks),
+            "PRIVNET_ENDPOINT_NETWORKS": json.dumps(self._networks_json()),
             "AWS_ACCESS_KEY_ID": self.access_key_id,
             "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
             "AWS_DEFAULT_REGION": self.region,
@@ -114,10 +119,11 @@ def create_endpoint_network(
 
 
 def seed_default(
-    self: SandboxAws, region: str = "us-east-1", other_region: str = "us-west-2"
+    self: SandboxAws, region: str = "us-east-1", other_region: str = "us-west-2",
+    *, vpcs_per_region: int = 1,
 ) -> SandboxSeed:
-    """Two accounts: ours (a role, one endpoint network per Region) and the customer's
-    (an internal NLB per Region and the endpoint services privnet's tests use)."""
+    """Two accounts: ours (a role, ``vpcs_per_region`` endpoint networks per Region) and
+    the customer's (an internal NLB per Region and the endpoint services tests use)."""
     ours = ENDPOINTS_ACCOUNT_ID
     cust = CUSTOMER_ACCOUNT_ID
     iam = self.client("iam", region, ours)
@@ -135,6 +141,11 @@ def seed_default(
         reg: create_endpoint_network(self, reg, f"10.{10 + i}")
         for i, reg in enumerate([region, other_region])
     }
+    more = {
+        reg: [create_endpoint_network(self, reg, f"10.{20 + 2 * k + i}")
+              for k in range(vpcs_per_region - 1)]
+        for i, reg in enumerate([region, other_region])
+    } if vpcs_per_region > 1 else {}
 
     principal = f"arn:aws:iam::{ours}:root"
     services: dict[str, str] = {}
@@ -189,4 +200,5 @@ def seed_default(
         customer_service_ids=service_ids,
         customer_role_arn=f"arn:aws:iam::{cust}:role/{ADMIN_ROLE_NAME}",
         customer_vpc_ids=vpcs, customer_az_ids=azs_by_service, customer_nlb_arns=nlbs,
+        more_endpoint_networks=more,
     )

@@ -372,7 +372,10 @@ class SandboxAws:
 
     # ------------------------------------------------------------------ seeding
 
-    def seed_default(self, region: str = "us-east-1", other_region: str = "us-west-2") -> SandboxSeed:
+    def seed_default(
+        self, region: str = "us-east-1", other_region: str = "us-west-2", *,
+        vpcs_per_region: int = 1,
+    ) -> SandboxSeed:
         from sandbox.aws.seed import seed_default
 
-        return seed_default(self, region, other_region)
+        return seed_default(self, region, other_region, vpcs_per_region=vpcs_per_region)

@@ -6,7 +6,8 @@ One foreground process owns everything it starts:
   ``DIR/temporal.db`` and serving the Web UI, with privnet's search attributes;
 * sandbox AWS (moto extended for PrivateLink) and sandbox Kubernetes (Cilium CRDs), in
   threads of this process; their state is snapshotted to ``DIR`` so a restart with the
-  same data dir keeps the endpoints and policies of running connections;
+  same data dir keeps the endpoints and policies of running connections (and sandbox
+  AWS's history of every endpoint created and deleted, served at ``aws_admin_url``);
 * the SQLite store ``DIR/privnet.db``;
 * the worker (``privnet worker``) and the HTTP API (``privnet api``) as subprocesses,
   each in its own process group, with the stack's ``PRIVNET_*`` environment.
@@ -45,6 +46,7 @@ STACK_KEYS = (
     "api_url",
     "api_token",
     "aws_endpoint_url",
+    "aws_admin_url",
     "kube_url",
     "database_url",
     "endpoints_account_id",
@@ -189,6 +191,9 @@ class Stack:
             "api_url": api_url,
             "api_token": token,
             "aws_endpoint_url": aws_url,
+            # Sandbox AWS controls and ground truth (sandbox/aws/admin.py): faults, lag,
+            # quota, clock, the customer's accept/reject, inventory and history.
+            "aws_admin_url": f"{aws_url}/_privnet",
             "kube_url": kube_url,
             "database_url": database_url,
             "endpoints_account_id": seed.endpoints_account_id,
@@ -304,7 +309,9 @@ class Stack:
             seed = SandboxSeed.model_validate_json(seed_file.read_text())
             seed = seed.model_copy(update={"endpoint_url": url})
         else:
-            seed = self.aws.seed_default(DEFAULT_REGION, OTHER_REGION)
+            # Two endpoint VPCs per region: AWS's default quota of 50 interface endpoints
+            # per VPC, and privnet moving on to the next VPC, as in production.
+            seed = self.aws.seed_default(DEFAULT_REGION, OTHER_REGION, vpcs_per_region=2)
             self.aws.snapshot(state)
         seed_file.write_text(seed.model_dump_json(indent=2))
         return url, seed

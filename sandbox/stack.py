@@ -7,7 +7,7 @@ One foreground process owns everything it starts:
 * sandbox AWS (moto extended for PrivateLink) and sandbox Kubernetes (Cilium CRDs), in
   threads of this process; their state is snapshotted to ``DIR`` so a restart with the
   same data dir keeps the endpoints and policies of running connections (and sandbox
-  AWS's history of every endpoint created and deleted, served at ``aws_admin_url``);
+  AWS's history of every endpoint created and deleted, served under ``aws_endpoint_url``/_privnet/);
 * the SQLite store ``DIR/privnet.db``;
 * the worker (``privnet worker``) and the HTTP API (``privnet api``) as subprocesses,
   each in its own process group, with the stack's ``PRIVNET_*`` environment.
@@ -46,7 +46,6 @@ STACK_KEYS = (
     "api_url",
     "api_token",
     "aws_endpoint_url",
-    "aws_admin_url",
     "kube_url",
     "database_url",
     "endpoints_account_id",
@@ -190,10 +189,9 @@ class Stack:
             "ui_url": ui_url,
             "api_url": api_url,
             "api_token": token,
+            # Also serves sandbox AWS's controls and ground truth under /_privnet/
+            # (sandbox/aws/admin.py): faults, lag, quota, clock, accept/reject, history.
             "aws_endpoint_url": aws_url,
-            # Sandbox AWS controls and ground truth (sandbox/aws/admin.py): faults, lag,
-            # quota, clock, the customer's accept/reject, inventory and history.
-            "aws_admin_url": f"{aws_url}/_privnet",
             "kube_url": kube_url,
             "database_url": database_url,
             "endpoints_account_id": seed.endpoints_account_id,

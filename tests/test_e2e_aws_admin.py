@@ -30,7 +30,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackProc]:
 
 def admin(stack: StackProc, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"{stack.info['aws_admin_url']}/{path}", data=data,
+    req = urllib.request.Request(f"{stack.info['aws_endpoint_url']}/_privnet/{path}", data=data,
                                  method=method, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback
         return json.loads(resp.read())

@@ -316,3 +316,17 @@ def test_history_survives_snapshot(sandbox: SandboxAws, aws_seed: SandboxSeed, t
     out = subprocess.run([sys.executable, "-c", script, str(path), ep_id], capture_output=True,
                          text=True, timeout=60, check=True).stdout
     assert out.strip() == "['created', 'state'] ['available']"
+
+
+def test_tag_index_forgets_endpoints_that_are_gone(sandbox: SandboxAws, aws_seed: SandboxSeed) -> None:
+    from moto.ec2.models import ec2_backends
+
+    conn = unique()
+    ep_id = create(sandbox, aws_seed, TagSpecifications=tagged(conn))["VpcEndpointId"]
+    backend = ec2_backends[aws_seed.endpoints_account_id][aws_seed.region]
+    key = ("privnet.dev/connection-id", conn)
+    assert backend.__dict__["_pl_tag_index"][key] == {ep_id}
+    ours(sandbox, aws_seed).delete_vpc_endpoints(VpcEndpointIds=[ep_id])
+    with pytest.raises(ClientError):  # zero delays: deleted and gone on the next look
+        state_of(sandbox, aws_seed, ep_id)
+    assert key not in backend.__dict__["_pl_tag_index"] and ep_id not in backend.tags

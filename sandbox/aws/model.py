@@ -159,6 +159,10 @@ def sweep(backend: Any) -> None:
     for ep_id, ep in list(backend.vpc_end_points.items()):
         if not advance(ep, t):
             backend.vpc_end_points.pop(ep_id, None)
+            # Its tags go with it (the index stays the size of the live endpoints).
+            before = {ep_id: dict(backend.tags.get(ep_id, {}))}
+            backend.tags.pop(ep_id, None)
+            reindex(backend, [ep_id], before)
 
 
 def sweep_all() -> None:

@@ -3,7 +3,8 @@
 Complex values (lists, dicts) are read from the environment as JSON, e.g.
 ``PRIVNET_TASK_NAMESPACES='["tasks"]'`` and
 ``PRIVNET_ENDPOINT_NETWORKS='{"us-east-1": {"vpc_id": "vpc-1", "subnet_ids": ["subnet-1"],
-"security_group_ids": ["sg-1"]}}'``.
+"security_group_ids": ["sg-1"]}}'``; a region may also map to a list of such networks
+(several VPCs: new endpoints go to the first with room under the per-VPC quota).
 """
 
 from __future__ import annotations
@@ -52,7 +53,16 @@ class Settings(BaseSettings):
         description="The principal customers must allow on their endpoint service; "
         "default arn:aws:iam::<endpoints account>:root",
     )
-    endpoint_networks: dict[str, EndpointNetwork] = Field(default_factory=dict)
+    # Per region: one network, or a list tried in order (the per-VPC endpoint quota).
+    endpoint_networks: dict[str, EndpointNetwork | list[EndpointNetwork]] = Field(
+        default_factory=dict
+    )
+    endpoint_vpc_full_seconds: float = Field(
+        300, description="A VPC that answered VpcEndpointLimitExceeded is skipped this long"
+    )
+    aws_max_pool_connections: int = Field(
+        64, description="boto3 HTTP pool per client; match the worker's activity concurrency"
+    )
 
     # Kubernetes
     kubeconfig: str | None = Field(None, description="Path to a kubeconfig; unset = in-cluster")
@@ -95,6 +105,13 @@ class Settings(BaseSettings):
     # Observability
     log_level: str = "INFO"
     metrics_port: int | None = Field(None, description="Prometheus port for SDK + privnet metrics")
+
+    def networks_for(self, region: str) -> list[EndpointNetwork]:
+        """The endpoint networks of ``region`` in the order new endpoints try them."""
+        value = self.endpoint_networks.get(region)
+        if value is None:
+            return []
+        return list(value) if isinstance(value, list) else [value]
 
     @property
     def acceptance_timeout(self) -> timedelta:

@@ -3,48 +3,67 @@
 Credentials: with ``PRIVNET_AWS_ROLE_ARN`` set, a session whose credentials are botocore
 ``DeferredRefreshableCredentials`` backed by STS AssumeRole (refreshed before expiry);
 unset, the ambient credentials of the given/default session. ``PRIVNET_AWS_ENDPOINT_URL``
-overrides every endpoint (sandbox). One EC2 client per region, cached, retry mode
-``standard``.
+overrides every endpoint (sandbox). One client per service and region, cached, retry mode
+``standard``, an HTTP pool of ``PRIVNET_AWS_MAX_POOL_CONNECTIONS`` (default 64, the
+worker's activity concurrency, so threads never wait for or discard connections).
 
 Activities are sync ``def`` (the worker runs them in a thread pool). Every AWS error goes
-through ONE table, ``classify``: retryable ``AWS_THROTTLED`` / ``TRANSIENT`` or a
-non-retryable ``Reason`` whose message names the fix. Every AWS call is counted by
-operation in ``privnet_aws_calls_total{operation}`` and in the in-process ``CALLS``.
+through ONE table, ``activities.aws_errors.classify``. Lookups follow NextToken (boto3
+paginators). Every AWS call (each page) is counted by operation in
+``privnet_aws_calls_total{operation}`` and in the in-process ``CALLS``.
+
+EC2 is eventually consistent: right after CreateVpcEndpoint the id may be NotFound. The
+describe-style activities take ``not_found_retry_until``: before it a NotFound is the
+retryable, benign ``ENDPOINT_NOT_VISIBLE_YET``; after it, ``ENDPOINT_NOT_FOUND``
+(non-retryable; the workflow decides when NotFound is authoritative).
 
 Usage::
 
     acts = AwsActivities(get_settings())          # or AwsActivities(settings, session)
-    Worker(..., activities=acts.activities(), activity_executor=ThreadPoolExecutor(16))
+    Worker(..., activities=acts.activities(), activity_executor=ThreadPoolExecutor(64))
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import boto3
 import botocore.session
+import structlog
 from botocore.config import Config
 from botocore.credentials import DeferredRefreshableCredentials
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    ReadTimeoutError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import Counter as PromCounter
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+from activities.aws_errors import (
+    ACCESS_DENIED_CODES,
+    CONFIGURATION_CODES,
+    ENDPOINT_NOT_FOUND_CODES,
+    EVENTUALLY_CONSISTENT,
+    STATE_REASONS,
+    THROTTLING_CODES,
+    TRANSIENT_CODES,
+    ErrorContext,
+    _fatal,
+    az_not_supported,
+    before,
+    classify,
+    classify_exception,
+    classify_state,
+    not_visible_yet,
+    principal_not_allowed,
+    quota_exceeded,
+    region_not_supported,
+)
 from settings import EndpointNetwork, Settings
 from workflows.contracts import (
     ACT_CHECK_PRINCIPAL,
@@ -55,8 +74,6 @@ from workflows.contracts import (
     ACT_WAIT_FOR_STATE_CHANGE,
     ENDPOINT_NOT_DELETED_YET,
     MANAGED_BY,
-    RETRYABLE_THROTTLED,
-    RETRYABLE_TRANSIENT,
     STATE_UNCHANGED,
     CheckPrincipalInput,
     CreateEndpointInput,
@@ -71,10 +88,20 @@ from workflows.contracts import (
     WaitStateInput,
 )
 
+__all__ = [  # the error table lives in aws_errors; these names stay importable from here
+    "ACCESS_DENIED_CODES", "CONFIGURATION_CODES", "ENDPOINT_NOT_FOUND_CODES",
+    "EVENTUALLY_CONSISTENT", "STATE_REASONS", "THROTTLING_CODES", "TRANSIENT_CODES",
+    "AwsActivities", "CallCounter", "ErrorContext", "classify", "classify_exception",
+    "classify_state", "client_token",
+]
+
+log = structlog.get_logger("privnet.aws")
+
 TAG_ORG_ID = "privnet.dev/org-id"
 TAG_CONNECTION_ID = "privnet.dev/connection-id"
 TAG_MANAGED_BY = "privnet.dev/managed-by"
 GONE_STATES = frozenset({"deleting", "deleted"})
+DELETE_BATCH = 25  # DeleteVpcEndpoints takes at most 25 ids
 
 # --------------------------------------------------------------------------- call counting
 
@@ -84,7 +111,7 @@ AWS_CALLS = PromCounter(
 
 
 class CallCounter:
-    """Thread-safe count of AWS API calls by operation (one per logical call)."""
+    """Thread-safe count of AWS API calls by operation (one per HTTP request)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -110,247 +137,6 @@ class CallCounter:
 
 CALLS = CallCounter()
 
-# --------------------------------------------------------------------------- classification
-
-THROTTLING_CODES = frozenset(
-    {
-        "RequestLimitExceeded",
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "EC2ThrottledException",
-        "SlowDown",
-        "PriorRequestNotComplete",
-        "BandwidthLimitExceeded",
-        "TransactionInProgressException",
-    }
-)
-TRANSIENT_CODES = frozenset(
-    {
-        "InternalError",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "Unavailable",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "ExpiredToken",
-        "ExpiredTokenException",
-        "RequestExpired",
-        "IDPCommunicationError",
-        "IncorrectState",
-    }
-)
-ACCESS_DENIED_CODES = frozenset(
-    {
-        "AccessDenied",
-        "AccessDeniedException",
-        "UnauthorizedOperation",
-        "AuthFailure",
-        "InvalidClientTokenId",
-        "UnrecognizedClientException",
-        "SignatureDoesNotMatch",
-        "OptInRequired",
-        "Blocked",
-    }
-)
-ENDPOINT_NOT_FOUND_CODES = frozenset(
-    {
-        "InvalidVpcEndpointId.NotFound",
-        "InvalidVpcEndpoint.NotFound",
-    }
-)
-CONFIGURATION_CODES = frozenset(
-    {
-        "InvalidVpcID.NotFound",
-        "InvalidSubnetID.NotFound",
-        "InvalidSubnet",
-        "InvalidGroup.NotFound",
-        "InvalidSecurityGroupID.NotFound",
-        "DuplicateSubnetsInSameZone",
-    }
-)
-# (code, operation) pairs that are eventual consistency, not a real absence.
-EVENTUALLY_CONSISTENT = frozenset(
-    {
-        ("InvalidNetworkInterfaceID.NotFound", "DescribeNetworkInterfaces"),
-    }
-)
-
-STATE_REASONS: dict[str, Reason] = {
-    "rejected": Reason.ENDPOINT_REJECTED,
-    "failed": Reason.ENDPOINT_FAILED,
-    "expired": Reason.ENDPOINT_EXPIRED,
-    "deleting": Reason.ENDPOINT_DELETED,
-    "deleted": Reason.ENDPOINT_DELETED,
-}
-
-
-@dataclass(frozen=True)
-class ErrorContext:
-    """What the messages name: our principal, our role, the service, AZ sets."""
-
-    principal_arn: str | None = None
-    role_arn: str | None = None
-    service_name: str | None = None
-    region: str | None = None
-    service_region: str | None = None
-    endpoint_id: str | None = None
-    service_az_ids: Sequence[str] = field(default_factory=tuple)
-    our_az_ids: Sequence[str] = field(default_factory=tuple)
-
-
-def _retryable(kind: str, message: str) -> ApplicationError:
-    return ApplicationError(message, type=kind, non_retryable=False)
-
-
-def _fatal(reason: Reason, message: str) -> ApplicationError:
-    return ApplicationError(message, type=reason.value, non_retryable=True)
-
-
-def principal_not_allowed(ctx: ErrorContext) -> ApplicationError:
-    principal = ctx.principal_arn or "arn:aws:iam::<endpoints account id>:root"
-    return _fatal(
-        Reason.PRINCIPAL_NOT_ALLOWED,
-        f"endpoint service {ctx.service_name or '?'} does not exist in "
-        f"{ctx.service_region or ctx.region or 'its region'} or does not allow our principal: "
-        f"the service owner must add {principal} to the endpoint service's allowed principals "
-        "(VPC console → Endpoint services → Allow principals), and the service name must be "
-        "copied exactly",
-    )
-
-
-def az_not_supported(ctx: ErrorContext) -> ApplicationError:
-    return _fatal(
-        Reason.AZ_NOT_SUPPORTED,
-        f"endpoint service {ctx.service_name or '?'} is in availability zone ids "
-        f"{sorted(ctx.service_az_ids)} but our endpoint subnets in {ctx.region or '?'} are in "
-        f"{sorted(ctx.our_az_ids)}: the customer must add their load balancer to a subnet in "
-        "one of our AZ ids, or we must add an endpoint subnet in one of theirs "
-        "(PRIVNET_ENDPOINT_NETWORKS)",
-    )
-
-
-def region_not_supported(ctx: ErrorContext) -> ApplicationError:
-    return _fatal(
-        Reason.REGION_NOT_SUPPORTED,
-        f"endpoint service {ctx.service_name or '?'} in {ctx.service_region or '?'} does not "
-        f"support cross-Region access from {ctx.region or '?'}: the service owner must add "
-        f"{ctx.region or 'our region'} to the service's supported Regions, or the connection "
-        f"must use region {ctx.service_region or 'of the service'}",
-    )
-
-
-def classify(
-    code: str,
-    operation: str,
-    message: str = "",
-    *,
-    http_status: int | None = None,
-    ctx: ErrorContext | None = None,
-) -> ApplicationError:
-    """THE error table: an AWS error code (+ operation, HTTP status) → ApplicationError."""
-    ctx = ctx or ErrorContext()
-    detail = f"{operation}: {code}" + (f" ({message})" if message else "")
-    if code in THROTTLING_CODES:
-        return _retryable(RETRYABLE_THROTTLED, f"AWS throttled {detail}; retrying with backoff")
-    if code in TRANSIENT_CODES or (code, operation) in EVENTUALLY_CONSISTENT:
-        return _retryable(RETRYABLE_TRANSIENT, f"transient AWS error {detail}; retrying")
-    if code in ACCESS_DENIED_CODES:
-        who = f"the role {ctx.role_arn}" if ctx.role_arn else "the worker's AWS credentials"
-        return _fatal(
-            Reason.AWS_ACCESS_DENIED,
-            f"AWS denied {detail}: grant {who} ec2:{operation} in the endpoints account "
-            "(and check PRIVNET_AWS_ROLE_ARN and the role's trust policy)",
-        )
-    if code == "InvalidServiceName":
-        return principal_not_allowed(ctx)
-    if code in ENDPOINT_NOT_FOUND_CODES:
-        return _fatal(
-            Reason.ENDPOINT_DELETED,
-            f"VPC endpoint {ctx.endpoint_id or '?'} no longer exists ({detail}): it was deleted "
-            "outside privnet; retry the connection to create a new one",
-        )
-    if code == "InvalidParameter" and "availability zone" in message.lower():
-        return az_not_supported(ctx)
-    if code in CONFIGURATION_CODES:
-        return _fatal(
-            Reason.CONFIGURATION_ERROR,
-            f"our endpoint network in {ctx.region or '?'} is misconfigured ({detail}): fix the "
-            "VPC, subnets (one per AZ) or security groups in PRIVNET_ENDPOINT_NETWORKS",
-        )
-    if code == "IdempotentParameterMismatch":
-        return _fatal(
-            Reason.ENDPOINT_CREATE_FAILED,
-            f"{detail}: an earlier CreateVpcEndpoint with this connection's client token used "
-            "other parameters (endpoint network changed?); delete the endpoint tagged with "
-            "this connection id or use a new connection id",
-        )
-    if code.endswith("LimitExceeded") or code == "VpcEndpointLimitExceeded":
-        return _fatal(
-            Reason.ENDPOINT_CREATE_FAILED,
-            f"{detail}: an AWS quota was reached in the endpoints account; raise it in "
-            "Service Quotas (VPC → Interface VPC endpoints per VPC) or delete unused endpoints",
-        )
-    if http_status is not None and http_status >= 500:
-        return _retryable(RETRYABLE_TRANSIENT, f"AWS server error {detail}; retrying")
-    if operation == "CreateVpcEndpoint":
-        return _fatal(Reason.ENDPOINT_CREATE_FAILED, f"AWS refused {detail}")
-    return _fatal(Reason.INTERNAL_ERROR, f"unexpected AWS error {detail}")
-
-
-def classify_state(state: str, ctx: ErrorContext | None = None) -> ApplicationError | None:
-    """A terminal endpoint state → its non-retryable error; None for live states."""
-    ctx = ctx or ErrorContext()
-    reason = STATE_REASONS.get(state.lower())
-    if reason is None:
-        return None
-    fixes = {
-        Reason.ENDPOINT_REJECTED: "the service owner rejected the connection; ask them to "
-        "accept it (Endpoint services → Endpoint connections) and retry the connection",
-        Reason.ENDPOINT_FAILED: "AWS could not provision the endpoint; retry the connection",
-        Reason.ENDPOINT_EXPIRED: "the connection request expired before the owner accepted "
-        "it; retry and ask them to accept it",
-        Reason.ENDPOINT_DELETED: "the endpoint was deleted outside privnet; retry the connection",
-    }
-    return _fatal(reason, f"VPC endpoint {ctx.endpoint_id or '?'} is {state}: {fixes[reason]}")
-
-
-def classify_exception(
-    exc: BaseException, operation: str, ctx: ErrorContext | None = None
-) -> ApplicationError:
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return classify(
-            str(err.get("Code", "Unknown")),
-            operation,
-            str(err.get("Message", "")),
-            http_status=status,
-            ctx=ctx,
-        )
-    if isinstance(exc, NoCredentialsError):
-        return _fatal(
-            Reason.AWS_ACCESS_DENIED,
-            f"{operation}: no AWS credentials found; give the worker credentials that may "
-            "assume PRIVNET_AWS_ROLE_ARN",
-        )
-    if isinstance(
-        exc,
-        EndpointConnectionError
-        | ConnectionClosedError
-        | ReadTimeoutError
-        | ConnectTimeoutError
-        | BotoConnectionError,
-    ):
-        return _retryable(RETRYABLE_TRANSIENT, f"{operation}: cannot reach AWS ({exc}); retrying")
-    return _retryable(RETRYABLE_TRANSIENT, f"{operation}: {type(exc).__name__}: {exc}; retrying")
-
-
-# --------------------------------------------------------------------------- activities
-
 
 def client_token(org_id: str, connection_id: str) -> str:
     """Deterministic CreateVpcEndpoint ClientToken (≤ 64 ASCII characters)."""
@@ -358,10 +144,33 @@ def client_token(org_id: str, connection_id: str) -> str:
     return f"privnet-{digest}"
 
 
+def tags_of(ep: dict[str, Any]) -> dict[str, str]:
+    return {str(t.get("Key")): str(t.get("Value")) for t in ep.get("Tags") or []}
+
+
+def is_ours(ep: dict[str, Any], org_id: str, connection_id: str) -> bool:
+    """Ownership (issue 11): the endpoint's tags name this org, this connection and privnet."""
+    tags = tags_of(ep)
+    return (
+        tags.get(TAG_ORG_ID) == org_id
+        and tags.get(TAG_CONNECTION_ID) == connection_id
+        and tags.get(TAG_MANAGED_BY) == MANAGED_BY
+    )
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _attempt() -> int:
+    return activity.info().attempt if activity.in_activity() else 1
+
+
 class AwsActivities:
     """boto3 adapter for PrivateLink. ``session`` supplies the base credentials (default
     ``boto3.Session()``); ``client_config`` is merged over the default (retry mode
-    standard, 3 attempts)."""
+    standard, 3 attempts); ``page_size`` sets MaxResults on paginated lookups (None: let
+    AWS choose)."""
 
     def __init__(
         self,
@@ -370,20 +179,24 @@ class AwsActivities:
         *,
         client_config: Config | None = None,
         counter: CallCounter | None = None,
+        page_size: int | None = None,
     ) -> None:
         self.settings = settings
         self.calls = counter or CALLS
+        self.page_size = page_size
         self._config = Config(
             retries={"mode": "standard", "total_max_attempts": 3},
             connect_timeout=5,
             read_timeout=30,
+            max_pool_connections=settings.aws_max_pool_connections,
         )
         if client_config is not None:
             self._config = self._config.merge(client_config)
         self._base_session = session or boto3.Session()
         self._lock = threading.RLock()
         self._clients: dict[tuple[str, str], Any] = {}
-        self._subnet_azs: dict[str, dict[str, str]] = {}
+        self._subnet_azs: dict[tuple[str, str], dict[str, str]] = {}
+        self._full_until: dict[str, float] = {}  # VPC id → monotonic time it may have room
         self._principal: str | None = settings.aws_principal_arn
         self._session = self._make_session()
 
@@ -445,6 +258,13 @@ class AwsActivities:
     def _ec2(self, region: str) -> Any:
         return self.client("ec2", region)
 
+    def _pages(self, region: str, operation: str, key: str, **kwargs: Any) -> list[Any]:
+        """Every item of a paginated describe, following NextToken."""
+        config = {"PageSize": self.page_size} if self.page_size and "Filters" in kwargs else {}
+        paginator = self._ec2(region).get_paginator(operation)
+        return [item for page in paginator.paginate(**kwargs, PaginationConfig=config)
+                for item in page.get(key, [])]
+
     def principal_arn(self) -> str:
         """settings.aws_principal_arn, else arn:aws:iam::<our account>:root (cached)."""
         if self._principal is None:
@@ -460,10 +280,7 @@ class AwsActivities:
         try:
             yield
         except (ClientError, BotoCoreError) as exc:
-            if (
-                isinstance(exc, ClientError)
-                and exc.response.get("Error", {}).get("Code") == "InvalidServiceName"
-            ):
+            if isinstance(exc, ClientError) and _code(exc) == "InvalidServiceName":
                 ctx = ErrorContext(**{**ctx.__dict__, "principal_arn": self.principal_arn()})
             raise classify_exception(exc, operation, ctx) from exc
 
@@ -472,67 +289,107 @@ class AwsActivities:
             principal_arn=self._principal, role_arn=self.settings.aws_role_arn, **kw
         )
 
-    def _network(self, region: str) -> EndpointNetwork:
-        network = self.settings.endpoint_networks.get(region)
-        if network is None:
+    # ---- networks (several VPCs per region: the per-VPC endpoint quota)
+
+    def _networks(self, region: str) -> list[EndpointNetwork]:
+        networks = self.settings.networks_for(region)
+        if not networks:
             raise _fatal(
                 Reason.CONFIGURATION_ERROR,
                 f"no endpoint network configured for region {region}: add it to "
                 "PRIVNET_ENDPOINT_NETWORKS (vpc_id, subnet_ids, security_group_ids)",
             )
-        return network
+        return networks
 
-    def our_subnets(self, region: str) -> dict[str, str]:
-        """subnet id → AZ id of our endpoint subnets in ``region`` (cached: immutable)."""
+    def _by_room(self, region: str) -> list[EndpointNetwork]:
+        """Networks in configured order, those recently full last (retried only when all
+        are full: the memory may be stale)."""
+        now = time.monotonic()
         with self._lock:
-            cached = self._subnet_azs.get(region)
+            full = {v for v, until in self._full_until.items() if until > now}
+        networks = self._networks(region)
+        return [n for n in networks if n.vpc_id not in full] + [
+            n for n in networks if n.vpc_id in full
+        ]
+
+    def _mark_full(self, vpc_id: str) -> None:
+        with self._lock:
+            self._full_until[vpc_id] = time.monotonic() + self.settings.endpoint_vpc_full_seconds
+
+    def _network_subnets(self, region: str, network: EndpointNetwork) -> dict[str, str]:
+        """subnet id → AZ id of one endpoint network (cached: immutable)."""
+        key = (region, network.vpc_id)
+        with self._lock:
+            cached = self._subnet_azs.get(key)
         if cached is not None:
             return cached
-        network = self._network(region)
         kwargs: dict[str, Any] = (
             {"SubnetIds": network.subnet_ids}
             if network.subnet_ids
             else {"Filters": [{"Name": "vpc-id", "Values": [network.vpc_id]}]}
         )
         with self._aws("DescribeSubnets", self._ctx(region=region)):
-            subnets = self._ec2(region).describe_subnets(**kwargs)["Subnets"]
+            subnets = self._pages(region, "describe_subnets", "Subnets", **kwargs)
         result = {s["SubnetId"]: s["AvailabilityZoneId"] for s in subnets}
         with self._lock:
-            self._subnet_azs[region] = result
+            self._subnet_azs[key] = result
         return result
 
+    def our_subnets(self, region: str) -> dict[str, str]:
+        """subnet id → AZ id of the first endpoint network of ``region``."""
+        return self._network_subnets(region, self._networks(region)[0])
+
+    # ---- endpoints
+
     def _find_by_connection(
-        self,
-        region: str,
-        connection_id: str,
-        org_id: str | None = None,
-        include_gone: bool = False,
+        self, region: str, connection_id: str, org_id: str, include_gone: bool = False
     ) -> list[dict[str, Any]]:
-        filters = [{"Name": f"tag:{TAG_CONNECTION_ID}", "Values": [connection_id]}]
-        if org_id is not None:
-            filters.append({"Name": f"tag:{TAG_ORG_ID}", "Values": [org_id]})
+        """privnet's endpoints of (org, connection), oldest first (every page)."""
+        filters = [
+            {"Name": f"tag:{TAG_CONNECTION_ID}", "Values": [connection_id]},
+            {"Name": f"tag:{TAG_ORG_ID}", "Values": [org_id]},
+            {"Name": f"tag:{TAG_MANAGED_BY}", "Values": [MANAGED_BY]},
+        ]
         with self._aws("DescribeVpcEndpoints", self._ctx(region=region)):
-            eps = self._ec2(region).describe_vpc_endpoints(Filters=filters)["VpcEndpoints"]
-        return [
+            eps = self._pages(region, "describe_vpc_endpoints", "VpcEndpoints", Filters=filters)
+        live = [
             e for e in eps if include_gone or str(e.get("State", "")).lower() not in GONE_STATES
         ]
+        return sorted(live, key=lambda e: (str(e.get("CreationTimestamp", "")), e["VpcEndpointId"]))
 
-    def _describe(self, region: str, endpoint_id: str) -> dict[str, Any]:
+    def _describe_or_none(self, region: str, endpoint_id: str) -> dict[str, Any] | None:
+        """The endpoint, or None when EC2 answers NotFound."""
         ctx = self._ctx(region=region, endpoint_id=endpoint_id)
-        with self._aws("DescribeVpcEndpoints", ctx):
+        try:
             eps = self._ec2(region).describe_vpc_endpoints(VpcEndpointIds=[endpoint_id])[
                 "VpcEndpoints"
             ]
-        if not eps:
-            raise classify("InvalidVpcEndpointId.NotFound", "DescribeVpcEndpoints", ctx=ctx)
-        return dict(eps[0])
+        except ClientError as exc:
+            if _code(exc) in ENDPOINT_NOT_FOUND_CODES:
+                return None
+            raise classify_exception(exc, "DescribeVpcEndpoints", ctx) from exc
+        except BotoCoreError as exc:
+            raise classify_exception(exc, "DescribeVpcEndpoints", ctx) from exc
+        return dict(eps[0]) if eps else None
+
+    def _describe(
+        self, region: str, endpoint_id: str, not_found_retry_until: datetime | None
+    ) -> dict[str, Any]:
+        ep = self._describe_or_none(region, endpoint_id)
+        if ep is not None:
+            return ep
+        ctx = self._ctx(region=region, endpoint_id=endpoint_id)
+        if before(not_found_retry_until):
+            raise not_visible_yet(ctx, not_found_retry_until)
+        raise classify("InvalidVpcEndpointId.NotFound", "DescribeVpcEndpoints", ctx=ctx)
 
     # ---- activities
 
     @activity.defn(name=ACT_CHECK_PRINCIPAL)
     def check_principal(self, input: CheckPrincipalInput) -> ServiceInfo:
         cross = input.service_region != input.region
-        ours = self.our_subnets(input.region)
+        networks = self._networks(input.region)
+        ours = self._network_subnets(input.region, networks[0])
         our_azs = sorted(set(ours.values()))
         ctx = self._ctx(
             service_name=input.service_name,
@@ -548,7 +405,7 @@ class AwsActivities:
                     ServiceNames=[input.service_name], ServiceRegions=[input.service_region]
                 )
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "InvalidServiceName":
+                if _code(exc) != "InvalidServiceName":
                     raise classify_exception(exc, "DescribeVpcEndpointServices", ctx) from exc
                 # Tell "not allowed" from "Region not supported" in the service's Region.
                 with self._aws("DescribeVpcEndpointServices", ctx):
@@ -578,9 +435,16 @@ class AwsActivities:
             supported = sorted({input.service_region, input.region})
         else:
             usable = sorted(set(az_ids) & set(our_azs))
+            for network in networks[1:]:  # only when the first VPC has none of their AZs
+                if usable:
+                    break
+                more = set(self._network_subnets(input.region, network).values())
+                our_azs = sorted(set(our_azs) | more)
+                usable = sorted(set(az_ids) & more)
             supported = [input.region]
             if not usable:
-                raise az_not_supported(ErrorContext(**{**ctx.__dict__, "service_az_ids": az_ids}))
+                raise az_not_supported(ErrorContext(
+                    **{**ctx.__dict__, "service_az_ids": az_ids, "our_az_ids": our_azs}))
         return ServiceInfo(
             service_name=input.service_name,
             service_id=d.get("ServiceId"),
@@ -591,33 +455,20 @@ class AwsActivities:
             usable_az_ids=usable,
         )
 
-    def _choose_subnets(self, input: CreateEndpointInput) -> list[str]:
-        ours = self.our_subnets(input.region)
+    def _choose_subnets(self, input: CreateEndpointInput, network: EndpointNetwork) -> list[str]:
+        """One subnet per usable AZ of ``network`` (empty: none of the service's AZs)."""
+        ours = self._network_subnets(input.region, network)
         cross = input.service_region != input.region
         wanted = set(ours.values()) if cross else set(input.service_az_ids)
         chosen: dict[str, str] = {}
         for subnet_id, az in sorted(ours.items(), key=lambda kv: (kv[1], kv[0])):
             if az in wanted and az not in chosen:
                 chosen[az] = subnet_id
-        if not chosen:
-            raise az_not_supported(
-                self._ctx(
-                    service_name=input.service_name,
-                    region=input.region,
-                    service_az_ids=input.service_az_ids,
-                    our_az_ids=sorted(set(ours.values())),
-                )
-            )
         return [chosen[az] for az in sorted(chosen)]
 
-    @activity.defn(name=ACT_CREATE_ENDPOINT)
-    def create_endpoint(self, input: CreateEndpointInput) -> EndpointRef:
-        existing = self._find_by_connection(input.region, input.connection_id, input.org_id)
-        if existing:
-            ep = sorted(existing, key=lambda e: str(e.get("CreationTimestamp", "")))[0]
-            return EndpointRef(vpc_endpoint_id=ep["VpcEndpointId"], state=ep["State"])
-        network = self._network(input.region)
-        subnets = self._choose_subnets(input)
+    def _create_params(
+        self, input: CreateEndpointInput, network: EndpointNetwork, subnets: list[str]
+    ) -> dict[str, Any]:
         params: dict[str, Any] = {
             "VpcEndpointType": "Interface",
             "VpcId": network.vpc_id,
@@ -643,20 +494,81 @@ class AwsActivities:
             params["SecurityGroupIds"] = list(network.security_group_ids)
         if input.service_region != input.region:
             params["ServiceRegion"] = input.service_region
+        return params
+
+    @activity.defn(name=ACT_CREATE_ENDPOINT)
+    def create_endpoint(self, input: CreateEndpointInput) -> EndpointRef:
+        """CreateVpcEndpoint with a ClientToken derived from (org, connection): a replay
+        returns the same endpoint, so no lookup precedes the first attempt. After an
+        ambiguous outcome (a retry; IdempotentParameterMismatch) the endpoint may exist:
+        it is found by its tags and returned with ``created=False``."""
+        if _attempt() > 1:
+            existing = self._find_by_connection(input.region, input.connection_id, input.org_id)
+            if existing:
+                ep = existing[0]
+                return EndpointRef(vpc_endpoint_id=ep["VpcEndpointId"], state=ep["State"])
         ctx = self._ctx(
             service_name=input.service_name,
             region=input.region,
             service_region=input.service_region,
             service_az_ids=input.service_az_ids,
-            our_az_ids=sorted(set(self.our_subnets(input.region).values())),
         )
-        with self._aws("CreateVpcEndpoint", ctx):
-            ep = self._ec2(input.region).create_vpc_endpoint(**params)["VpcEndpoint"]
-        return EndpointRef(vpc_endpoint_id=ep["VpcEndpointId"], state=ep["State"], created=True)
+        full: list[str] = []
+        our_azs: set[str] = set()
+        tried = 0
+        for network in self._by_room(input.region):
+            subnets = self._choose_subnets(input, network)
+            our_azs |= set(self._network_subnets(input.region, network).values())
+            if not subnets:
+                continue
+            tried += 1
+            try:
+                ep = self._ec2(input.region).create_vpc_endpoint(
+                    **self._create_params(input, network, subnets)
+                )["VpcEndpoint"]
+            except ClientError as exc:
+                code = _code(exc)
+                if code == "VpcEndpointLimitExceeded":
+                    self._mark_full(network.vpc_id)
+                    full.append(network.vpc_id)
+                    log.warning("endpoint VPC full", vpc_id=network.vpc_id, region=input.region)
+                    continue
+                if code == "IdempotentParameterMismatch":
+                    return self._after_mismatch(input, ctx, exc)
+                err_ctx = ErrorContext(**{**ctx.__dict__, "our_az_ids": sorted(our_azs)})
+                if code == "InvalidServiceName":
+                    err_ctx = ErrorContext(
+                        **{**err_ctx.__dict__, "principal_arn": self.principal_arn()})
+                raise classify_exception(exc, "CreateVpcEndpoint", err_ctx) from exc
+            except BotoCoreError as exc:
+                raise classify_exception(exc, "CreateVpcEndpoint", ctx) from exc
+            return EndpointRef(vpc_endpoint_id=ep["VpcEndpointId"], state=ep["State"], created=True)
+        if tried == 0:
+            raise az_not_supported(ErrorContext(**{**ctx.__dict__, "our_az_ids": sorted(our_azs)}))
+        raise quota_exceeded(ctx, full)
+
+    def _after_mismatch(
+        self, input: CreateEndpointInput, ctx: ErrorContext, exc: ClientError
+    ) -> EndpointRef:
+        """Our token was used with other parameters (the endpoint network changed, or an
+        earlier attempt went to another VPC): an endpoint may exist; find it by tags."""
+        existing = self._find_by_connection(input.region, input.connection_id, input.org_id)
+        if existing:
+            ep = existing[0]
+            return EndpointRef(vpc_endpoint_id=ep["VpcEndpointId"], state=ep["State"])
+        raise _fatal(
+            Reason.ENDPOINT_CREATE_FAILED,
+            f"CreateVpcEndpoint: IdempotentParameterMismatch for connection "
+            f"{input.org_id}/{input.connection_id}: an earlier create with this connection's "
+            "client token used other parameters (was PRIVNET_ENDPOINT_NETWORKS changed?) and "
+            "no endpoint tagged with this connection is visible; delete any endpoint tagged "
+            f"{TAG_CONNECTION_ID}={input.connection_id} by hand and create the connection "
+            "again under a new connection id",
+        ) from exc
 
     @activity.defn(name=ACT_WAIT_FOR_STATE_CHANGE)
     def wait_for_state_change(self, input: WaitStateInput) -> EndpointState:
-        ep = self._describe(input.region, input.vpc_endpoint_id)
+        ep = self._describe(input.region, input.vpc_endpoint_id, input.not_found_retry_until)
         state = str(ep["State"])
         if input.last_state is not None and state.lower() == input.last_state.lower():
             raise ApplicationError(
@@ -664,20 +576,18 @@ class AwsActivities:
                 type=STATE_UNCHANGED,
                 category=ApplicationErrorCategory.BENIGN,
             )
-        attempt = activity.info().attempt if activity.in_activity() else 1
-        return EndpointState(vpc_endpoint_id=input.vpc_endpoint_id, state=state, attempt=attempt)
+        return EndpointState(vpc_endpoint_id=input.vpc_endpoint_id, state=state, attempt=_attempt())
 
     @activity.defn(name=ACT_GET_ENDPOINT_ADDRESSES)
     def get_endpoint_addresses(self, input: EndpointAddressesInput) -> EndpointAddresses:
-        ep = self._describe(input.region, input.vpc_endpoint_id)
+        ep = self._describe(input.region, input.vpc_endpoint_id, input.not_found_retry_until)
         eni_ids = list(ep.get("NetworkInterfaceIds") or [])
         ips: list[str] = []
         if eni_ids:
             ctx = self._ctx(region=input.region, endpoint_id=input.vpc_endpoint_id)
             with self._aws("DescribeNetworkInterfaces", ctx):
-                enis = self._ec2(input.region).describe_network_interfaces(
-                    NetworkInterfaceIds=eni_ids
-                )["NetworkInterfaces"]
+                enis = self._pages(input.region, "describe_network_interfaces",
+                                   "NetworkInterfaces", NetworkInterfaceIds=eni_ids)
             ips = sorted(
                 {e["PrivateIpAddress"] for e in enis if e.get("PrivateIpAddress")},
                 key=lambda ip: tuple(int(p) for p in ip.split(".")) if "." in ip else (ip,),
@@ -692,51 +602,80 @@ class AwsActivities:
 
     @activity.defn(name=ACT_DELETE_ENDPOINT)
     def delete_endpoint(self, input: DeleteEndpointInput) -> DeleteEndpointResult:
+        """Delete this connection's endpoint, never another's: by id only after its tags
+        name this org and connection (else it is skipped: nothing of ours there); by tags
+        otherwise. A NotFound by id before ``not_found_retry_until`` is retried; after it,
+        the endpoint is gone only when the tag lookup agrees (a live one it finds is
+        deleted instead)."""
+        targets: list[dict[str, Any]]
         if input.vpc_endpoint_id:
-            ids = [input.vpc_endpoint_id]
-        else:
-            ids = sorted(
-                e["VpcEndpointId"]
-                for e in self._find_by_connection(
-                    input.region, input.connection_id, org_id=input.org_id
+            ep = self._describe_or_none(input.region, input.vpc_endpoint_id)
+            if ep is None:
+                if before(input.not_found_retry_until):
+                    raise not_visible_yet(
+                        self._ctx(region=input.region, endpoint_id=input.vpc_endpoint_id),
+                        input.not_found_retry_until,
+                    )
+                targets = self._find_by_connection(
+                    input.region, input.connection_id, input.org_id)
+            elif not is_ours(ep, input.org_id, input.connection_id):
+                log.warning(
+                    "not deleting an endpoint that is not this connection's",
+                    vpc_endpoint_id=input.vpc_endpoint_id, tags=tags_of(ep),
+                    org_id=input.org_id, connection_id=input.connection_id,
                 )
-            )
-        if not ids:
-            return DeleteEndpointResult(vpc_endpoint_ids=[])
-        ctx = self._ctx(region=input.region, endpoint_id=",".join(ids))
-        try:
-            resp = self._ec2(input.region).delete_vpc_endpoints(VpcEndpointIds=ids)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ENDPOINT_NOT_FOUND_CODES:
-                return DeleteEndpointResult(vpc_endpoint_ids=[])
-            raise classify_exception(exc, "DeleteVpcEndpoints", ctx) from exc
-        except BotoCoreError as exc:
-            raise classify_exception(exc, "DeleteVpcEndpoints", ctx) from exc
+                return DeleteEndpointResult(
+                    vpc_endpoint_ids=[], skipped_vpc_endpoint_ids=[input.vpc_endpoint_id])
+            else:
+                targets = [ep]
+        else:
+            targets = self._find_by_connection(input.region, input.connection_id, input.org_id)
+        return self._delete(input, targets)
+
+    def _delete(self, input: DeleteEndpointInput, targets: list[dict[str, Any]]) -> DeleteEndpointResult:
+        deleting = [e["VpcEndpointId"] for e in targets
+                    if str(e.get("State", "")).lower() == "deleting"]
+        ids = [e["VpcEndpointId"] for e in targets
+               if str(e.get("State", "")).lower() not in GONE_STATES]
         gone: set[str] = set()
-        for item in resp.get("Unsuccessful") or []:
-            code = str(item.get("Error", {}).get("Code", ""))
-            if code in ENDPOINT_NOT_FOUND_CODES:
-                gone.add(item.get("ResourceId", ""))
-                continue
-            raise classify(
-                code, "DeleteVpcEndpoints", str(item.get("Error", {}).get("Message", "")), ctx=ctx
-            )
-        return DeleteEndpointResult(vpc_endpoint_ids=[i for i in ids if i not in gone])
+        for i in range(0, len(ids), DELETE_BATCH):
+            batch = ids[i:i + DELETE_BATCH]
+            ctx = self._ctx(region=input.region, endpoint_id=",".join(batch))
+            with self._aws("DeleteVpcEndpoints", ctx):
+                resp = self._ec2(input.region).delete_vpc_endpoints(VpcEndpointIds=batch)
+            for item in resp.get("Unsuccessful") or []:
+                code = str(item.get("Error", {}).get("Code", ""))
+                if code in ENDPOINT_NOT_FOUND_CODES:  # seen a moment ago: deleted since
+                    gone.add(str(item.get("ResourceId", "")))
+                    continue
+                raise classify(
+                    code, "DeleteVpcEndpoints", str(item.get("Error", {}).get("Message", "")),
+                    ctx=ctx,
+                )
+        return DeleteEndpointResult(
+            vpc_endpoint_ids=sorted({*deleting, *(i for i in ids if i not in gone)}))
 
     @activity.defn(name=ACT_WAIT_ENDPOINT_DELETED)
     def wait_endpoint_deleted(self, input: DeleteEndpointInput) -> None:
+        """Done when the endpoint is ``deleted`` or no longer listed. By id, a NotFound
+        before ``not_found_retry_until`` is not proof yet (ENDPOINT_NOT_VISIBLE_YET)."""
         if input.vpc_endpoint_id:
-            try:
-                states = [str(self._describe(input.region, input.vpc_endpoint_id)["State"])]
-            except ApplicationError as err:
-                if err.type == Reason.ENDPOINT_DELETED.value:
-                    return None
-                raise
+            ep = self._describe_or_none(input.region, input.vpc_endpoint_id)
+            if ep is None:
+                if before(input.not_found_retry_until):
+                    raise not_visible_yet(
+                        self._ctx(region=input.region, endpoint_id=input.vpc_endpoint_id),
+                        input.not_found_retry_until,
+                    )
+                return None
+            if not is_ours(ep, input.org_id, input.connection_id):
+                return None  # never ours to wait for (delete_endpoint skipped it)
+            states = [str(ep["State"])]
         else:
             states = [
                 str(e["State"])
                 for e in self._find_by_connection(
-                    input.region, input.connection_id, org_id=input.org_id, include_gone=True
+                    input.region, input.connection_id, input.org_id, include_gone=True
                 )
             ]
         remaining = [s for s in states if s.lower() != "deleted"]

@@ -6,7 +6,8 @@ One foreground process owns everything it starts:
   ``DIR/temporal.db`` and serving the Web UI, with privnet's search attributes;
 * sandbox AWS (moto extended for PrivateLink) and sandbox Kubernetes (Cilium CRDs), in
   threads of this process; their state is snapshotted to ``DIR`` so a restart with the
-  same data dir keeps the endpoints and policies of running connections;
+  same data dir keeps the endpoints and policies of running connections (and sandbox
+  AWS's history of every endpoint created and deleted, served under ``aws_endpoint_url``/_privnet/);
 * the SQLite store ``DIR/privnet.db``;
 * the worker (``privnet worker``) and the HTTP API (``privnet api``) as subprocesses,
   each in its own process group, with the stack's ``PRIVNET_*`` environment.
@@ -189,6 +190,8 @@ class Stack:
             "ui_url": ui_url,
             "api_url": api_url,
             "api_token": token,
+            # Also serves sandbox AWS's controls and ground truth under /_privnet/
+            # (sandbox/aws/admin.py): faults, lag, quota, clock, accept/reject, history.
             "aws_endpoint_url": aws_url,
             "kube_url": kube_url,
             "database_url": database_url,
@@ -305,7 +308,9 @@ class Stack:
             seed = SandboxSeed.model_validate_json(seed_file.read_text())
             seed = seed.model_copy(update={"endpoint_url": url})
         else:
-            seed = self.aws.seed_default(DEFAULT_REGION, OTHER_REGION)
+            # Two endpoint VPCs per region: AWS's default quota of 50 interface endpoints
+            # per VPC, and privnet moving on to the next VPC, as in production.
+            seed = self.aws.seed_default(DEFAULT_REGION, OTHER_REGION, vpcs_per_region=2)
             self.aws.snapshot(state)
         seed_file.write_text(seed.model_dump_json(indent=2))
         return url, seed

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,9 +14,15 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
 from activities.aws import AwsActivities, CallCounter
-from sandbox.aws import SANDBOX_ACCESS_KEY, SANDBOX_SECRET_KEY, SandboxAws, SandboxSeed
+from sandbox.aws import (
+    SANDBOX_ACCESS_KEY,
+    SANDBOX_SECRET_KEY,
+    SandboxAws,
+    SandboxSeed,
+)
 from settings import Settings
 
 T = TypeVar("T")
@@ -46,11 +53,21 @@ def aws_seed(sandbox_aws: SandboxAws) -> SandboxSeed:
 @pytest.fixture
 def sandbox(sandbox_aws: SandboxAws, aws_seed: SandboxSeed) -> Iterator[SandboxAws]:
     """The session sandbox with no faults and zero delays before and after the test."""
-    sandbox_aws.clear_faults(seed=1234)
-    sandbox_aws.set_delays(pending=0, deleting=0, deleted_visible=0)
+    reset(sandbox_aws)
     yield sandbox_aws
-    sandbox_aws.clear_faults(seed=1234)
-    sandbox_aws.set_delays(pending=0, deleting=0, deleted_visible=0)
+    reset(sandbox_aws)
+
+
+# The session's seed VPC collects every test's endpoints: the quota tests use VPCs of
+# their own and set the quota themselves.
+TEST_QUOTA = 100_000
+
+
+def reset(sb: SandboxAws) -> None:
+    sb.clear_faults(seed=1234)
+    sb.set_delays(pending=0, deleting=0, deleted_visible=0, lag=0, no_expiry=True)
+    sb.set_quota(interface_endpoints_per_vpc=TEST_QUOTA)
+    sb.set_default_page_size(None)
 
 
 def base_session() -> boto3.Session:
@@ -67,10 +84,10 @@ def make_settings(seed: SandboxSeed, **overrides: Any) -> Settings:
 FAST = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=2, read_timeout=10)
 
 
-def make_activities(seed: SandboxSeed, **overrides: Any) -> AwsActivities:
+def make_activities(seed: SandboxSeed, *, page_size: int | None = None, **overrides: Any) -> AwsActivities:
     return AwsActivities(
         make_settings(seed, **overrides), base_session(), client_config=FAST,
-        counter=CallCounter(),
+        counter=CallCounter(), page_size=page_size,
     )
 
 
@@ -79,13 +96,20 @@ def aws_acts(sandbox: SandboxAws, aws_seed: SandboxSeed) -> AwsActivities:
     return make_activities(aws_seed)
 
 
+def attempt(n: int) -> ActivityEnvironment:
+    """An activity context whose ``activity.info().attempt`` is ``n`` (a Temporal retry)."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=n)
+    return env
+
+
 def retrying(fn: Callable[[Any], T], arg: Any, *, max_attempts: int = 500) -> T:
-    """Emulate Temporal's retry policy (no backoff): retry retryable ApplicationErrors and
-    raw botocore errors, re-raise non-retryable ones."""
+    """Emulate Temporal's retry policy (no backoff, attempt numbers from 1): retry
+    retryable ApplicationErrors and raw botocore errors, re-raise non-retryable ones."""
     last: BaseException | None = None
-    for _ in range(max_attempts):
+    for n in range(1, max_attempts + 1):
         try:
-            return fn(arg)
+            return attempt(n).run(fn, arg)
         except ApplicationError as err:
             if err.non_retryable:
                 raise

@@ -23,6 +23,7 @@ from activities.aws import (
 from sandbox.aws import SandboxAws, SandboxSeed
 from settings import EndpointNetwork
 from tests.aws_fixtures import (
+    attempt,
     aws_acts,
     aws_seed,
     make_activities,
@@ -33,6 +34,7 @@ from tests.aws_fixtures import (
 )
 from workflows.contracts import (
     ENDPOINT_NOT_DELETED_YET,
+    ENDPOINT_NOT_FOUND,
     RETRYABLE_THROTTLED,
     RETRYABLE_TRANSIENT,
     STATE_UNCHANGED,
@@ -222,9 +224,14 @@ def test_same_region_create_wait_addresses(sandbox: SandboxAws, aws_acts: AwsAct
     assert tags[TAG_ORG_ID] == ORG and tags[TAG_CONNECTION_ID] == conn and tags[TAG_MANAGED_BY] == "privnet"
     assert ep["OwnerId"] == seed.endpoints_account_id  # created in the endpoints account
     assert [g["GroupId"] for g in ep["Groups"]] == seed.endpoint_networks[seed.region].security_group_ids
-    # A repeated create finds the tagged endpoint instead of creating another.
+    # A repeated first attempt replays the ClientToken: the same endpoint, no lookup.
+    aws_acts.calls.reset()
     again = aws_acts.create_endpoint(create_input(info, chk))
-    assert again == EndpointRef(vpc_endpoint_id=ref.vpc_endpoint_id, state="available", created=False)
+    assert again.vpc_endpoint_id == ref.vpc_endpoint_id
+    assert aws_acts.calls.snapshot() == {"CreateVpcEndpoint": 1}
+    # A retry attempt (ambiguous earlier outcome) finds it by its tags first.
+    retried = attempt(2).run(aws_acts.create_endpoint, create_input(info, chk))
+    assert retried == EndpointRef(vpc_endpoint_id=ref.vpc_endpoint_id, state="available", created=False)
     assert len(endpoints_of(sandbox, seed, conn)) == 1
 
 
@@ -237,9 +244,13 @@ def test_lost_create_response_does_not_duplicate(sandbox: SandboxAws, aws_acts: 
         aws_acts.create_endpoint(create_input(info, chk))
     assert exc.value.type == RETRYABLE_TRANSIENT and not exc.value.non_retryable
     sandbox.clear_faults()
-    ref = aws_acts.create_endpoint(create_input(info, chk))
+    # Temporal's retry (attempt 2) looks the endpoint up by its tags.
+    ref = attempt(2).run(aws_acts.create_endpoint, create_input(info, chk))
     assert ref.created is False
     assert [e["VpcEndpointId"] for e in endpoints_of(sandbox, seed, chk.connection_id)] == [ref.vpc_endpoint_id]
+    # Even a first attempt cannot duplicate it: the ClientToken replay returns it.
+    assert aws_acts.create_endpoint(create_input(info, chk)).vpc_endpoint_id == ref.vpc_endpoint_id
+    assert len(endpoints_of(sandbox, seed, chk.connection_id)) == 1
 
 
 def test_cross_region_endpoint(sandbox: SandboxAws, aws_acts: AwsActivities, aws_seed: SandboxSeed) -> None:
@@ -295,11 +306,11 @@ def test_wait_reports_attempt_via_activity_environment(aws_acts: AwsActivities, 
     assert state.state == "available" and state.attempt == 4
 
 
-def test_wait_on_missing_endpoint_is_endpoint_deleted(aws_acts: AwsActivities, aws_seed: SandboxSeed) -> None:
+def test_wait_on_missing_endpoint_is_endpoint_not_found(aws_acts: AwsActivities, aws_seed: SandboxSeed) -> None:
     with pytest.raises(ApplicationError) as exc:
         aws_acts.wait_for_state_change(WaitStateInput(
             region=aws_seed.region, vpc_endpoint_id="vpce-0123456789abcdef0", last_state="pending"))
-    assert exc.value.type == Reason.ENDPOINT_DELETED and exc.value.non_retryable
+    assert exc.value.type == ENDPOINT_NOT_FOUND and exc.value.non_retryable
 
 
 # ---------------------------------------------------------------- delete
@@ -311,7 +322,7 @@ def test_delete_and_wait_deleted(sandbox: SandboxAws, aws_acts: AwsActivities, a
     conn = unique()
     addrs = provision(aws_acts, seed, "allowed", conn)
     sandbox.set_delays(deleting=60, deleted_visible=60)
-    inp = DeleteEndpointInput(region=seed.region, connection_id=conn,
+    inp = DeleteEndpointInput(region=seed.region, connection_id=conn, org_id=ORG,
                               vpc_endpoint_id=addrs.vpc_endpoint_id if by_id else None)
     assert aws_acts.delete_endpoint(inp).vpc_endpoint_ids == [addrs.vpc_endpoint_id]
     with pytest.raises(ApplicationError) as exc:
@@ -328,7 +339,7 @@ def test_delete_and_wait_deleted(sandbox: SandboxAws, aws_acts: AwsActivities, a
 
 
 def test_delete_nothing_there(aws_acts: AwsActivities, aws_seed: SandboxSeed) -> None:
-    inp = DeleteEndpointInput(region=aws_seed.region, connection_id=unique())
+    inp = DeleteEndpointInput(region=aws_seed.region, connection_id=unique(), org_id=ORG)
     assert aws_acts.delete_endpoint(inp).vpc_endpoint_ids == []
     aws_acts.wait_endpoint_deleted(inp)
 
@@ -388,11 +399,11 @@ def test_api_calls_per_connection(sandbox: SandboxAws, aws_seed: SandboxSeed) ->
     calls = acts.calls.snapshot()
     assert calls == {
         "DescribeVpcEndpointServices": 1,
-        "DescribeVpcEndpoints": 3,  # tag lookup, one state poll, addresses
+        "DescribeVpcEndpoints": 2,  # one state poll, addresses (no lookup before a create)
         "CreateVpcEndpoint": 1,
         "DescribeNetworkInterfaces": 1,
     }
-    assert acts.calls.total <= 6
+    assert acts.calls.total <= 5
     assert sum(warm.values()) <= 8
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from temporalio.exceptions import ApplicationErrorCategory
 
 from activities.aws import (
     ErrorContext,
@@ -14,7 +16,10 @@ from activities.aws import (
     classify_state,
     client_token,
 )
+from activities.aws_errors import before, not_visible_yet
 from workflows.contracts import (
+    ENDPOINT_NOT_FOUND,
+    ENDPOINT_NOT_VISIBLE_YET,
     NON_RETRYABLE_TYPES,
     RETRYABLE_THROTTLED,
     RETRYABLE_TRANSIENT,
@@ -92,9 +97,21 @@ def test_az_not_supported_lists_both_sets() -> None:
 
 
 @pytest.mark.parametrize("code", ["InvalidVpcEndpointId.NotFound", "InvalidVpcEndpoint.NotFound"])
-def test_missing_endpoint_is_endpoint_deleted(code: str) -> None:
+def test_missing_endpoint_is_endpoint_not_found_not_a_verdict(code: str) -> None:
+    """NotFound is ENDPOINT_NOT_FOUND (the workflow decides when it is authoritative),
+    never ENDPOINT_DELETED."""
     err = classify(code, "DescribeVpcEndpoints", ctx=CTX)
-    assert err.type == Reason.ENDPOINT_DELETED and err.non_retryable and "vpce-0abc" in err.message
+    assert err.type == ENDPOINT_NOT_FOUND and err.non_retryable and "vpce-0abc" in err.message
+
+
+def test_not_visible_yet_is_benign_and_retryable() -> None:
+    until = datetime.now(UTC) + timedelta(minutes=5)
+    err = not_visible_yet(CTX, until)
+    assert err.type == ENDPOINT_NOT_VISIBLE_YET and not err.non_retryable
+    assert err.category == ApplicationErrorCategory.BENIGN and "vpce-0abc" in err.message
+    assert before(until) and not before(datetime.now(UTC) - timedelta(seconds=1))
+    assert not before(None)
+    assert before((datetime.now(UTC) + timedelta(minutes=1)).replace(tzinfo=None))
 
 
 @pytest.mark.parametrize(
@@ -109,7 +126,10 @@ def test_idempotency_mismatch_and_quota() -> None:
     err = classify("IdempotentParameterMismatch", "CreateVpcEndpoint", ctx=CTX)
     assert err.type == Reason.ENDPOINT_CREATE_FAILED and err.non_retryable
     quota = classify("VpcEndpointLimitExceeded", "CreateVpcEndpoint", ctx=CTX)
-    assert quota.type == Reason.ENDPOINT_CREATE_FAILED and "quota" in quota.message.lower()
+    assert quota.type == Reason.QUOTA_EXCEEDED and quota.non_retryable
+    assert "Service Quotas" in quota.message and "PRIVNET_ENDPOINT_NETWORKS" in quota.message
+    other = classify("NetworkInterfaceLimitExceeded", "CreateVpcEndpoint", ctx=CTX)
+    assert other.type == Reason.ENDPOINT_CREATE_FAILED and "quota" in other.message.lower()
 
 
 def test_eni_not_found_is_eventual_consistency_only_for_describe_enis() -> None:

@@ -481,8 +481,9 @@ class EndpointAddresses(BaseModel):
 class DeleteEndpointInput(BaseModel):
     region: str
     connection_id: str
-    # Connection ids are unique per org only: the tag lookup filters on both.
-    org_id: str | None = None
+    # Connection ids are unique per org only: the tag lookup and the ownership check
+    # before a delete by id use both.
+    org_id: str
     vpc_endpoint_id: str | None = None  # None: find by the connection-id tag
     # A NotFound for vpc_endpoint_id before this time is EC2 eventual consistency right after
     # our create, not "already gone" (ENDPOINT_NOT_VISIBLE_YET, retried).
@@ -491,6 +492,9 @@ class DeleteEndpointInput(BaseModel):
 
 class DeleteEndpointResult(BaseModel):
     vpc_endpoint_ids: list[str]  # what was (or is being) deleted; empty = nothing there
+    # Endpoints found by id whose tags name another org/connection: never deleted (for
+    # compensation: nothing of ours there).
+    skipped_vpc_endpoint_ids: list[str] = Field(default_factory=list)
 
 
 class ApplyPoliciesInput(BaseModel):

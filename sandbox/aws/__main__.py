@@ -1,0 +1,3 @@
+from sandbox.aws.main import main
+
+main()

@@ -219,14 +219,14 @@ class SweeperActivities:
     # ------------------------------------------------------------------ reading
 
     def _list_endpoints(self, region: str) -> list[dict[str, Any]]:
-        network = self.settings.endpoint_networks[region]
+        vpc_ids = [n.vpc_id for n in self.settings.networks_for(region)]
         ec2 = self.aws.client("ec2", region)
         found: list[dict[str, Any]] = []
         try:
             pages = ec2.get_paginator("describe_vpc_endpoints").paginate(
                 Filters=[
                     {"Name": f"tag:{TAG_MANAGED_BY}", "Values": [MANAGED_BY]},
-                    {"Name": "vpc-id", "Values": [network.vpc_id]},
+                    {"Name": "vpc-id", "Values": vpc_ids},
                 ]
             )
             for page in pages:

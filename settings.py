@@ -75,6 +75,15 @@ class Settings(BaseSettings):
     default_org_limit: int = 2
     acceptance_timeout_seconds: float = 7 * 24 * 3600
     drift_check_interval_seconds: float = 600
+    drift_not_found_grace_seconds: float = Field(
+        600, description="an Active connection ends only after NotFound on looks this long"
+    )
+    endpoint_visibility_window_seconds: float = Field(
+        300, description="after a create, NotFound for the new endpoint is retried this long"
+    )
+    cleanup_max_backoff_seconds: float = Field(
+        600, description="compensation blocked by an operator-fixable error retries this often"
+    )
     slot_decision_timeout_seconds: float = 60
     guard_leak_check_interval_seconds: float = 300
 

@@ -181,6 +181,9 @@ def connection_options(settings: Settings) -> ConnectionOptions:
     return ConnectionOptions(
         acceptance_timeout=timedelta(seconds=settings.acceptance_timeout_seconds),
         drift_check_interval=timedelta(seconds=settings.drift_check_interval_seconds),
+        not_found_grace=timedelta(seconds=settings.drift_not_found_grace_seconds),
+        visibility_window=timedelta(seconds=settings.endpoint_visibility_window_seconds),
+        cleanup_max_backoff=timedelta(seconds=settings.cleanup_max_backoff_seconds),
         slot_decision_timeout=timedelta(seconds=settings.slot_decision_timeout_seconds),
         default_org_limit=settings.default_org_limit,
     )
@@ -613,8 +616,11 @@ class ConnectionsClient:
     async def stuck(
         self, older_than: timedelta = timedelta(minutes=15)
     ) -> builtins.list[StuckConnection]:
+        """Running connections that need attention: still provisioning, or CleanupBlocked
+        (an operator fix), after ``older_than``."""
         cutoff = datetime.now(UTC) - older_than
-        statuses = ", ".join(f'"{s.value}"' for s in sorted(PROVISIONING_STATUSES))
+        wanted = {*PROVISIONING_STATUSES, ConnectionStatus.CLEANUP_BLOCKED}
+        statuses = ", ".join(f'"{s.value}"' for s in sorted(wanted))
         query = (
             f'ExecutionStatus="Running" AND WorkflowType="{CONNECTION_WORKFLOW}" '
             f"AND PrivnetStatus IN ({statuses}) "

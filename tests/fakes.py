@@ -36,6 +36,7 @@ from workflows.contracts import (
     ACT_WAIT_ENDPOINT_DELETED,
     ACT_WAIT_FOR_STATE_CHANGE,
     ENDPOINT_NOT_DELETED_YET,
+    ENDPOINT_NOT_FOUND,
     STATE_UNCHANGED,
     ApplyPoliciesInput,
     ApplyPoliciesResult,
@@ -209,7 +210,7 @@ class FakeActivities:
     def wait_for_state_change(self, inp: WaitStateInput) -> EndpointState:
         found = self._endpoint_by_id(inp.vpc_endpoint_id)
         if found is None:
-            raise ApplicationError("endpoint gone", type="ENDPOINT_DELETED", non_retryable=True)
+            raise ApplicationError("endpoint gone", type=ENDPOINT_NOT_FOUND, non_retryable=True)
         conn, ep = found
         self._enter(conn, ACT_WAIT_FOR_STATE_CHANGE)
         if inp.last_state is not None and ep["state"].lower() == inp.last_state.lower():
@@ -226,7 +227,7 @@ class FakeActivities:
     def get_endpoint_addresses(self, inp: EndpointAddressesInput) -> EndpointAddresses:
         found = self._endpoint_by_id(inp.vpc_endpoint_id)
         if found is None:
-            raise ApplicationError("endpoint gone", type="ENDPOINT_DELETED", non_retryable=True)
+            raise ApplicationError("endpoint gone", type=ENDPOINT_NOT_FOUND, non_retryable=True)
         conn, ep = found
         self._enter(conn, ACT_GET_ENDPOINT_ADDRESSES)
         self.world.effect(conn, "endpoint.read_ips")

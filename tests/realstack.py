@@ -1,7 +1,7 @@
 """The real pieces for durability tests: sandbox AWS and sandbox Kubernetes served over HTTP
 in this process, a SQLite store file, and the real ``worker.py`` run as a subprocess against
-them (so it can be SIGKILLed). Assertions read the truth from the sandboxes (boto3 against
-sandbox AWS, the objects sandbox Kubernetes stored) and the store, never from the code under
+them (so it can be SIGKILLed). Assertions read the truth from the sandboxes (sandbox AWS's
+inventory and history of creations, the objects sandbox Kubernetes stored) and the store, never from the code under
 test."""
 
 from __future__ import annotations
@@ -146,29 +146,24 @@ class RealWorld:
     def ec2(self, region: str | None = None) -> Any:
         return self.aws.client("ec2", region or self.seed.region, ENDPOINTS_ACCOUNT_ID)
 
-    def endpoints(self, org: str, conn: str, region: str | None = None) -> list[dict[str, Any]]:
-        """Every endpoint AWS holds with this connection's tags, deleted ones included
-        (the tests keep deleted endpoints visible, so this is every endpoint ever created)."""
-        pages = self.ec2(region).get_paginator("describe_vpc_endpoints").paginate(
-            Filters=[
-                {"Name": f"tag:{TAG_ORG}", "Values": [org]},
-                {"Name": f"tag:{TAG_CONN}", "Values": [conn]},
-            ]
-        )
-        return [ep for page in pages for ep in page["VpcEndpoints"]]
-
-    def live_endpoints(self, org: str, conn: str) -> list[dict[str, Any]]:
+    def created(self, org: str, conn: str) -> list[str]:
+        """Every endpoint ever created for this connection (the sandbox's own history)."""
         return [
-            ep
-            for ep in self.endpoints(org, conn)
-            if str(ep["State"]).lower() not in ("deleted", "deleting")
+            e["vpc_endpoint_id"]
+            for e in self.aws.history()
+            if e["event"] == "created" and (e["org_id"], e["connection_id"]) == (org, conn)
         ]
 
-    def endpoint_ips(self, endpoint: dict[str, Any]) -> list[str]:
-        enis = self.ec2().describe_network_interfaces(
-            NetworkInterfaceIds=endpoint["NetworkInterfaceIds"]
-        )["NetworkInterfaces"]
-        return sorted(e["PrivateIpAddress"] for e in enis)
+    def live_endpoints(self, org: str, conn: str) -> list[dict[str, Any]]:
+        """The connection's endpoints AWS holds now, not deleted (the sandbox's inventory:
+        neither faults nor eventual-consistency lag hide anything from it)."""
+        return [
+            row
+            for row in self.aws.inventory()
+            if row["tags"].get(TAG_ORG) == org
+            and row["tags"].get(TAG_CONN) == conn
+            and str(row["state"]).lower() not in ("deleted", "deleting")
+        ]
 
     def policies(self, org: str, conn: str) -> list[dict[str, Any]]:
         """The CiliumNetworkPolicies sandbox Kubernetes stores for this connection."""
@@ -205,8 +200,7 @@ def make_world(temporal_address: str, tmp: Path) -> Iterator[RealWorld]:
         os.environ.setdefault(key, "testing")
     aws = SandboxAws()
     aws.start()
-    # Deleted endpoints stay visible: DescribeVpcEndpoints then lists every one ever made.
-    aws.set_delays(pending=0.3, deleting=0.3, deleted_visible=3600)
+    aws.set_delays(pending=0.3, deleting=0.3, deleted_visible=0.5)
     seed = aws.seed_default("us-east-1", "us-west-2")
     kube = SandboxKube(NAMESPACES)
     kube_url = kube.start()

@@ -21,9 +21,11 @@ from workflows.contracts import (
     ACT_CREATE_ENDPOINT,
     ACT_DELETE_ENDPOINT,
     ACT_DELETE_POLICIES,
+    ACT_GET_ENDPOINT_ADDRESSES,
     ACT_RECORD_STATUS,
     ACT_RELEASE_SLOT,
     ACT_WAIT_ENDPOINT_DELETED,
+    ACT_WAIT_FOR_STATE_CHANGE,
     SA_STATUS,
     SIGNAL_CANCEL,
     SIGNAL_DELETE,
@@ -306,8 +308,10 @@ async def test_drift_repair_reapplies_a_deleted_policy_and_follows_ip_changes(en
     assert env.world.get(f"policy:tasks:{conn}")["ips"] == ["10.1.0.99", "10.1.1.10"]
     assert env.world.effects(conn).count("policy.apply:tasks") > applies
     assert any("drift repaired" in r.detail for r in env.world.statuses(conn))
-    await handle.signal(SIGNAL_DELETE)
-    assert (await handle.result()).status.value == "Deleted"
+    latest = env.client.get_workflow_handle(handle.id, result_type=ConnectionState)
+    await latest.signal(SIGNAL_DELETE)
+    assert (await latest.result()).status.value == "Deleted"
+    await save_history(latest, "connection_drift_repair")
 
 
 async def test_active_connection_continues_as_new_and_still_deletes_cleanly(env: Env) -> None:
@@ -338,6 +342,7 @@ async def test_active_connection_continues_as_new_and_still_deletes_cleanly(env:
     assert [r.seq for r in records] == sorted({r.seq for r in records})  # no seq reused
     assert records[-1].status.value == "Deleted"
     assert env.world.effects(conn).count("endpoint.create") == 1
+    await save_history(latest, "connection_resumed_after_can")
 
 
 @pytest.mark.parametrize("activity_name", [ACT_CREATE_ENDPOINT, ACT_APPLY_POLICIES])
@@ -364,3 +369,44 @@ async def test_temporal_cancel_during_a_slow_create_waits_for_it_then_undoes_it(
     assert env.world.get(f"policy:tasks:{conn}") is None
     assert env.world.statuses(conn)[-1].status.value == "Cancelled"
     await save_history(handle, f"connection_cancel_during_{activity_name}")
+
+
+# Temporal cancellation (UI/CLI) while each step's activity runs, and while Active: the
+# connection ends Cancelled (never Failed) with everything undone.
+CANCEL_POINTS = [
+    ACT_CHECK_PRINCIPAL,
+    ACT_WAIT_FOR_STATE_CHANGE,
+    ACT_GET_ENDPOINT_ADDRESSES,
+    ACT_RECORD_STATUS,  # the Active write
+    "active",
+]
+
+
+@pytest.mark.parametrize("point", CANCEL_POINTS)
+async def test_temporal_cancellation_at_every_step_ends_cancelled(env: Env, point: str) -> None:
+    org, conn = uid("org"), uid("c")
+    if point == ACT_WAIT_FOR_STATE_CHANGE:
+        env.world.set(f"initial_state:{conn}", "pending")
+    if point != "active":
+        env.world.set(f"pause_before:{conn}:{point}", True)
+    handle = await start(env.client, make_input(org, conn), env.task_queue)
+    if point == "active":
+        await wait_status(handle, "Active")
+    else:
+        for _ in range(400):
+            if env.world.get(f"reached_before:{conn}:{point}"):
+                break
+            await asyncio.sleep(0.05)
+        assert env.world.get(f"reached_before:{conn}:{point}"), f"{point} never ran"
+    await handle.cancel()
+    env.world.delete(f"pause_before:{conn}:{point}")
+    with pytest.raises(WorkflowFailureError) as exc:
+        await handle.result()
+    assert isinstance(exc.value.cause, CancelledError)
+    records = env.world.statuses(conn)
+    assert records[-1].status.value == "Cancelled", [r.status.value for r in records]
+    assert "Failed" not in [r.status.value for r in records]
+    ep = env.world.get(f"endpoint:{conn}")
+    assert ep is None or ep["state"] == "deleted"
+    assert env.world.get(f"policy:tasks:{conn}") is None
+    assert env.world.get(f"policy:tasks-gpu:{conn}") is None

@@ -4,8 +4,8 @@ compensation and of a failure's compensation, then replaced by a fresh worker.
 
 Each kill happens at the worst moment: the activity's side effect is done and its completion
 not yet reported (a failpoint holds the worker there). The inventory is read from sandbox AWS
-(DescribeVpcEndpoints by tag, deleted endpoints kept visible so every endpoint ever created
-counts) and sandbox Kubernetes (the stored objects), not from privnet."""
+(its inventory, and its history of every endpoint ever created) and sandbox Kubernetes (the
+stored objects), not from privnet."""
 
 from __future__ import annotations
 
@@ -95,11 +95,10 @@ async def _wait_store(world: RealWorld, org: str, conn: str, status: str, within
 
 
 def _assert_active_once(world: RealWorld, org: str, conn: str) -> None:
-    every = world.endpoints(org, conn)
-    assert len(every) == 1, (conn, [(e["VpcEndpointId"], e["State"]) for e in every])
-    (ep,) = every
-    assert ep["State"].lower() == "available"
-    ips = world.endpoint_ips(ep)
+    assert len(world.created(org, conn)) == 1, world.created(org, conn)
+    (ep,) = world.live_endpoints(org, conn)
+    assert ep["state"].lower() == "available"
+    ips = ep["ips"]
     policies = world.policies(org, conn)
     assert sorted(p["metadata"]["namespace"] for p in policies) == ["batch", "tasks"], policies
     for p in policies:
@@ -107,14 +106,14 @@ def _assert_active_once(world: RealWorld, org: str, conn: str) -> None:
         assert p["spec"]["endpointSelector"]["matchLabels"] == {"privnet.dev/org-id": org}
     view = world.store.get(org, conn)
     assert view is not None and view.status == "Active" and sorted(view.ips) == ips
-    assert view.vpc_endpoint_id == ep["VpcEndpointId"]
+    assert view.vpc_endpoint_id == ep["vpc_endpoint_id"]
     seqs = [e.status for e in view.timeline or []]
     assert seqs.count("Active") == 1, seqs
 
 
 def _assert_nothing_left(world: RealWorld, org: str, conn: str) -> None:
-    every = world.endpoints(org, conn)
-    assert len(every) <= 1, every  # never more than one endpoint ever created
+    created = world.created(org, conn)
+    assert len(created) <= 1, created  # never more than one endpoint ever created
     assert world.live_endpoints(org, conn) == []
     assert world.policies(org, conn) == []
 
@@ -164,7 +163,7 @@ async def test_sigkill_inside_every_step_of_create_and_delete(
         assert await _holders(temporal_client, org) == {}
     FIGURES["connections"] = FIGURES.get("connections", 0) + len(conns)
     FIGURES["endpoints_created"] = FIGURES.get("endpoints_created", 0) + sum(
-        len(world.endpoints(o, c)) for o, c in conns.values()
+        len(world.created(o, c)) for o, c in conns.values()
     )
 
 
@@ -185,7 +184,7 @@ async def test_sigkill_inside_every_step_of_a_failures_compensation(
     for org, conn in conns.values():
         await _wait_store(world, org, conn, "WaitingForAcceptance")
         (ep,) = world.live_endpoints(org, conn)
-        assert world.aws.reject(service, ep["VpcEndpointId"]) == []
+        assert world.aws.reject(service, ep["vpc_endpoint_id"]) == []
     await _kill_at_failpoints(world, worker, len(conns))
     await asyncio.to_thread(world.spawn_worker)
     for step, (org, conn) in conns.items():
@@ -196,6 +195,6 @@ async def test_sigkill_inside_every_step_of_a_failures_compensation(
         assert await _holders(temporal_client, org) == {}
     FIGURES["connections"] = FIGURES.get("connections", 0) + len(conns)
     FIGURES["endpoints_created"] = FIGURES.get("endpoints_created", 0) + sum(
-        len(world.endpoints(o, c)) for o, c in conns.values()
+        len(world.created(o, c)) for o, c in conns.values()
     )
     print(f"\ncrash matrix figures: {FIGURES}")

@@ -87,7 +87,7 @@ async def _runs(client: Client, workflow_id: str) -> int:
 
 def _intact(world: RealWorld, org: str, conn: str) -> None:
     (ep,) = world.live_endpoints(org, conn)
-    ips = world.endpoint_ips(ep)
+    ips = ep["ips"]
     policies = world.policies(org, conn)
     assert len(policies) == 2 and all(policy_ips(p) == ips for p in policies), policies
 
@@ -188,8 +188,8 @@ async def test_drift_check_that_cannot_see_aws_is_degraded_and_recovers_by_itsel
     await asyncio.sleep(4)  # several more failed looks
     assert await _store_status(world, org, conn) == "Degraded"
 
-    world.aws.clear_faults()  # (also lets this test read AWS) nothing was torn down:
-    await asyncio.to_thread(_intact, world, org, conn)
+    await asyncio.to_thread(_intact, world, org, conn)  # nothing was torn down
+    world.aws.clear_faults()
     await _wait_store(world, org, conn, "Active", within=30)
     view = await asyncio.to_thread(world.store.get, org, conn)
     assert view is not None and view.timeline is not None
@@ -233,13 +233,16 @@ async def test_endpoint_not_found_ends_the_connection_only_after_the_grace_perio
     (ep,) = world.live_endpoints(org, conn)
     world.aws.set_delays(deleted_visible=0)  # gone at once: AWS answers NotFound
     try:
-        world.ec2().delete_vpc_endpoints(VpcEndpointIds=[ep["VpcEndpointId"]])
+        world.ec2().delete_vpc_endpoints(VpcEndpointIds=[ep["vpc_endpoint_id"]])
         await _wait_store(world, org, conn, "Degraded", within=30)
-        first = await query(handle)
-        assert first.reason == "ENDPOINT_NOT_FOUND"
+        for _ in range(100):  # ("deleting" first, then NotFound)
+            if (await query(handle)).reason == "ENDPOINT_NOT_FOUND":
+                break
+            await asyncio.sleep(0.1)
+        assert (await query(handle)).reason == "ENDPOINT_NOT_FOUND"
         result = await asyncio.wait_for(handle.result(), 60)
     finally:
-        world.aws.set_delays(deleted_visible=3600)
+        world.aws.set_delays(deleted_visible=0.5)
     assert (result.status.value, result.reason) == ("Failed", "ENDPOINT_DELETED")
     view = await asyncio.to_thread(world.store.get, org, conn)
     assert view is not None and view.timeline is not None
@@ -248,7 +251,106 @@ async def test_endpoint_not_found_ends_the_connection_only_after_the_grace_perio
     await asyncio.to_thread(_gone, world, org, conn)
 
 
+async def test_one_lagging_not_found_never_ends_an_active_connection(
+    running: RealWorld, temporal_client: Client
+) -> None:
+    world = running
+    org, conn = uid("lag"), uid("c")
+    inp = real_input(
+        world, org, conn, world.seed.customer_services["allowed"],
+        not_found_grace=timedelta(seconds=30), **FAST_DRIFT,
+    )
+    handle = await start(temporal_client, inp, world.task_queue)
+    await _wait_store(world, org, conn, "Active")
+    world.aws.inject_fault("InvalidVpcEndpointId.NotFound", operations=["DescribeVpcEndpoints"])
+    await _wait_store(world, org, conn, "Degraded", within=30)
+    assert (await query(handle)).reason == "ENDPOINT_NOT_FOUND"
+    world.aws.clear_faults()  # EC2 caught up: the endpoint is there after all
+    await _wait_store(world, org, conn, "Active", within=30)
+    await asyncio.to_thread(_intact, world, org, conn)
+    await handle.signal(SIGNAL_DELETE)
+    assert (await handle.result()).status.value == "Deleted"
+
+
+async def test_new_endpoint_hidden_by_eventual_consistency_still_becomes_active(
+    running: RealWorld, temporal_client: Client
+) -> None:
+    """For a while after CreateVpcEndpoint, EC2 answers NotFound for the new id (and hides
+    it from tag lookups): the poll, the IP read and a delete retry instead of concluding."""
+    world = running
+    service = world.seed.customer_services["allowed"]
+    world.aws.set_delays(lag=2.0)
+    try:
+        org, conn = uid("ec"), uid("c")
+        inp = real_input(world, org, conn, service, visibility_window=timedelta(seconds=30))
+        handle = await start(temporal_client, inp, world.task_queue)
+        await _wait_store(world, org, conn, "Active", within=60)
+        await asyncio.to_thread(_intact, world, org, conn)
+        await handle.signal(SIGNAL_DELETE)
+        assert (await handle.result()).status.value == "Deleted"
+
+        # Cancelled while the new endpoint is still invisible: it is found and deleted.
+        org2, conn2 = uid("ec"), uid("c")
+        inp2 = real_input(world, org2, conn2, service, visibility_window=timedelta(seconds=30))
+        handle2 = await start(temporal_client, inp2, world.task_queue)
+        for _ in range(200):
+            if world.created(org2, conn2):
+                break
+            await asyncio.sleep(0.02)
+        await handle2.signal(SIGNAL_CANCEL)
+        assert (await asyncio.wait_for(handle2.result(), 60)).status.value == "Cancelled"
+    finally:
+        world.aws.set_delays(lag=0)
+    assert len(world.created(org2, conn2)) == 1
+    await asyncio.to_thread(_gone, world, org, conn)
+    await asyncio.to_thread(_gone, world, org2, conn2)
+
+
+async def test_owner_rejecting_an_accepted_endpoint_ends_the_connection(
+    running: RealWorld, temporal_client: Client
+) -> None:
+    world = running
+    service = world.seed.customer_services["acceptance_required"]
+    org, conn = uid("rej"), uid("c")
+    handle = await start(
+        temporal_client, real_input(world, org, conn, service, **FAST_DRIFT), world.task_queue
+    )
+    await _wait_store(world, org, conn, "WaitingForAcceptance")
+    (ep,) = world.live_endpoints(org, conn)
+    assert world.aws.accept(service, ep["vpc_endpoint_id"]) == []
+    await handle.signal(SIGNAL_RETRY_NOW)
+    await _wait_store(world, org, conn, "Active", within=60)
+    assert world.aws.reject(service, ep["vpc_endpoint_id"]) == []  # changed their mind
+    result = await asyncio.wait_for(handle.result(), 60)
+    assert (result.status.value, result.reason) == ("Failed", "ENDPOINT_REJECTED")
+    assert "accept" in result.message
+    await asyncio.to_thread(_gone, world, org, conn)
+
+
 # ---------------------------------------------------------------------- compensation
+
+
+async def test_cleanup_blocked_by_a_missing_iam_action_names_it_and_finishes_once_fixed(
+    running: RealWorld, temporal_client: Client
+) -> None:
+    world = running
+    org, conn = uid("iam"), uid("c")
+    inp = real_input(world, org, conn, world.seed.customer_services["allowed"])
+    handle = await start(temporal_client, inp, world.task_queue)
+    await _wait_store(world, org, conn, "Active")
+    world.aws.inject_fault("UnauthorizedOperation", operations=["DeleteVpcEndpoints"])
+    await handle.signal(SIGNAL_DELETE)
+    await _wait_store(world, org, conn, "CleanupBlocked")
+    state = await query(handle)
+    assert "ec2:DeleteVpcEndpoints" in state.message, state.message
+    assert world.policies(org, conn) == []  # the policies went first (reverse order)
+    assert len(world.live_endpoints(org, conn)) == 1
+    world.aws.clear_faults()  # the operator granted the action
+    await handle.signal(SIGNAL_RETRY_NOW)
+    result = await asyncio.wait_for(handle.result(), 60)
+    assert result.status.value == "Deleted"
+    await asyncio.to_thread(_gone, world, org, conn)
+
 
 
 async def test_cleanup_blocked_by_rbac_names_the_fix_and_finishes_once_fixed(
@@ -297,7 +399,7 @@ async def test_an_unexpected_exception_still_compensates(
         result = await asyncio.wait_for(handle.result(), 60)
     assert (result.status.value, result.reason) == ("Failed", "INTERNAL_ERROR")
     assert "RuntimeError: a bug" in result.message
-    assert len(world.endpoints(org, conn)) == 1  # it was created, then undone
+    assert len(world.created(org, conn)) == 1  # it was created, then undone
     await asyncio.to_thread(_gone, world, org, conn)
 
 

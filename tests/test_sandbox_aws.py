@@ -397,6 +397,23 @@ def test_fault_injection_throttle_by_operation(sandbox: SandboxAws, aws_seed: Sa
     assert ("RequestLimitExceeded", "CreateVpcEndpoint") not in sandbox.injected
 
 
+@pytest.mark.parametrize(
+    ("kind", "status"), [("UnauthorizedOperation", 403), ("InvalidVpcEndpointId.NotFound", 400)]
+)
+def test_fault_injection_access_denied_and_lagging_describe(
+    sandbox: SandboxAws, aws_seed: SandboxSeed, kind: str, status: int
+) -> None:
+    ep = create(sandbox, aws_seed, ClientToken=unique("tok"))
+    sandbox.inject_fault(kind, operations=["DescribeVpcEndpoints"])
+    with pytest.raises(ClientError) as exc:
+        ours(sandbox, aws_seed).describe_vpc_endpoints(VpcEndpointIds=[ep["VpcEndpointId"]])
+    assert error_of(exc)[0] == kind
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
+    sandbox.clear_faults()
+    found = ours(sandbox, aws_seed).describe_vpc_endpoints(VpcEndpointIds=[ep["VpcEndpointId"]])
+    assert [e["VpcEndpointId"] for e in found["VpcEndpoints"]] == [ep["VpcEndpointId"]]
+
+
 def test_fault_injection_rate_is_seeded(sandbox: SandboxAws, aws_seed: SandboxSeed) -> None:
     def pattern() -> list[bool]:
         out = []

@@ -27,6 +27,10 @@ FAULT_CODES: dict[str, tuple[int, str]] = {
     "RequestLimitExceeded": (503, "Request limit exceeded."),
     "InternalError": (500, "An internal error has occurred"),
     "Unavailable": (503, "The server is overloaded and can't handle the request."),
+    # An IAM policy missing the action (what an operator must fix).
+    "UnauthorizedOperation": (403, "You are not authorized to perform this operation."),
+    # EC2's eventual consistency: a describe that does not see an endpoint that exists.
+    "InvalidVpcEndpointId.NotFound": (400, "The vpcEndpoint ID does not exist"),
 }
 ADMIN_PREFIX = "/_privnet/"
 

@@ -32,6 +32,10 @@ EXPECTED = {
     "connection_acceptance",
     "connection_rejected",
     "connection_admitted_then_deleted",
+    "connection_drift_repair",
+    "connection_resumed_after_can",
+    "connection_degraded_then_active",
+    "connection_cleanup_blocked",
     "guard_first_run",
     "guard_leak_repair",
 }

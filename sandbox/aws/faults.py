@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -146,7 +147,7 @@ class FaultMiddleware:
                 result.close()
         status, message = FAULT_CODES[fault.kind]
         body = ec2_error_body(fault.kind, message)
-        reason = {500: "Internal Server Error", 503: "Service Unavailable"}[status]
+        reason = HTTPStatus(status).phrase
         start_response(
             f"{status} {reason}",
             [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))],

@@ -8,7 +8,11 @@ import nothing from here, so pytest can load it as a plugin with assertion rewri
 from __future__ import annotations
 
 import ipaddress
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -89,6 +93,36 @@ def sandbox_kube() -> Iterator[SandboxKube]:
         yield kube
     finally:
         kube.stop()
+
+
+@dataclass
+class HttpResult:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+@pytest.fixture
+def kube_http(sandbox_kube: SandboxKube) -> Callable[..., HttpResult]:
+    """``kube_http(method, path, body=None, content_type=..., headers=...)``: one raw HTTP
+    request to the sandbox (status codes and headers as a client sees them)."""
+
+    def call(method: str, path: str, body: Any = None,
+             content_type: str = "application/json", headers: dict[str, str] | None = None,
+             ) -> HttpResult:
+        data = None
+        if body is not None:
+            data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        req = urllib.request.Request(f"{sandbox_kube.url}{path}", data=data, method=method,
+                                     headers={"Content-Type": content_type, **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                raw, status, hdrs = resp.read(), resp.status, dict(resp.headers)
+        except urllib.error.HTTPError as e:
+            raw, status, hdrs = e.read(), e.code, dict(e.headers)
+        return HttpResult(status, json.loads(raw) if raw else None, hdrs)
+
+    return call
 
 
 @pytest.fixture

@@ -558,7 +558,9 @@ async def _rendered_policy(settings: Any, org: str, connection_id: str) -> str:
     result = await asyncio.to_thread(kube.list_policies, org)
     if inspect.isawaitable(result):
         result = await result
-    wanted = f"privnet-{connection_id}"
+    from workflows.contracts import policy_name
+
+    wanted = policy_name(org, connection_id)
     docs = []
     for body in result or []:
         meta = body.get("metadata") or {}

@@ -12,7 +12,8 @@ Query parameters: ``dryRun``, ``fieldManager``, ``fieldValidation``, ``force``,
 protobuf, subresources (``/status`` is a 404), ``deletecollection``, auth.
 
 Admin routes for other processes (the soak driving ``privnet dev up``), never faulted:
-``GET /_sandbox/objects[?plural=]`` (the inventory), ``GET|POST|DELETE /_sandbox/faults``
+``GET /_sandbox/objects[?plural=]`` (the inventory), ``DELETE /_sandbox/objects`` (every
+object but the namespaces), ``GET|POST|DELETE /_sandbox/faults``
 (read, set, clear the fault configuration; see faults.py), ``GET /_sandbox/stats``.
 """
 
@@ -282,6 +283,9 @@ def _warning_headers(warnings: list[str]) -> dict[str, str]:
 
 def admin(kube: SandboxKube, method: str, parts: list[str], query: dict[str, list[str]],
           raw_body: bytes) -> Response:
+    if parts == ["objects"] and method == "DELETE":
+        kube.clear()  # every object but the namespaces (a fresh cluster for the next run)
+        return Response(200, {"items": [], "resourceVersion": str(kube.store.rv)})
     if parts == ["objects"] and method == "GET":
         plural = _q(query, "plural") or None
         with kube.lock:
@@ -344,8 +348,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for key, value in response.headers.items():
             self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(data)
+        # end_headers() + write(), in one send: a second small write costs a round trip.
+        self._headers_buffer.append(b"\r\n" + data)  # type: ignore[attr-defined]
+        self.flush_headers()
 
     def _stream(self, events: Iterator[dict[str, Any]]) -> None:
         """A watch: one JSON event per chunk until the stream ends or the client leaves."""

@@ -19,6 +19,10 @@ Fidelity rows implemented here (tests in tests/test_sandbox_kube.py):
 * **resourceVersion** is one counter for all objects (etcd's revision); every change is an
   event (ADDED / MODIFIED / DELETED, a deleted object carries the deletion's version) in a
   bounded log; a watch from a version older than the log is 410 ``Expired``.
+
+Stored objects are immutable: every write stores a new dict and nothing changes a stored
+one in place, so reads, responses and events share them without copying. The store takes
+ownership of request bodies; the in-process test API (``SandboxKube``) hands out copies.
 """
 
 from __future__ import annotations
@@ -84,16 +88,17 @@ class ObjectStore:
     # ------------------------------------------------------------------ reads
 
     def get(self, rt: ResourceType, namespace: str | None, name: str) -> dict[str, Any]:
+        """The stored object (shared: never modify it)."""
         with self.lock:
             obj = self.objects.get((rt.plural, namespace, name))
             if obj is None:
                 raise not_found(rt, name)
-            return copy.deepcopy(obj)
+            return obj
 
     def list_objects(self, rt: ResourceType, namespace: str | None, reqs: list[Requirement],
              fields: list[FieldRequirement] | None = None) -> tuple[list[dict[str, Any]], int]:
         with self.lock:
-            items = [copy.deepcopy(o) for k, o in sorted(self.objects.items(), key=_order)
+            items = [o for k, o in sorted(self.objects.items(), key=_order)
                      if k[0] == rt.plural and (namespace is None or k[1] == namespace)
                      and selector_matches(reqs, labels_of(o)) and fields_match(fields or [], o)]
             return items, self.rv
@@ -107,7 +112,7 @@ class ObjectStore:
 
     def create(self, rt: ResourceType, namespace: str | None, body: Any, opts: WriteOptions
                ) -> tuple[dict[str, Any], list[str]]:
-        obj = validation.check_type(rt, copy.deepcopy(body))
+        obj = validation.check_type(rt, body)
         warnings = validation.prepare(rt, obj, opts.field_validation)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
@@ -127,7 +132,7 @@ class ObjectStore:
 
     def replace(self, rt: ResourceType, namespace: str | None, name: str, body: Any,
                 opts: WriteOptions) -> tuple[dict[str, Any], list[str]]:
-        new = validation.check_type(rt, copy.deepcopy(body))
+        new = validation.check_type(rt, body)
         _check_name(new, name)
         warnings = validation.prepare(rt, new, opts.field_validation)
         with self.lock:
@@ -165,7 +170,7 @@ class ObjectStore:
     def apply(self, rt: ResourceType, namespace: str | None, name: str, body: Any,
               opts: WriteOptions) -> tuple[dict[str, Any], list[str]]:
         """Server-side apply: create or merge ``body`` as ``opts.manager``."""
-        config = validation.check_type(rt, copy.deepcopy(body))
+        config = validation.check_type(rt, body)
         _check_name(config, name)
         warnings = validation.prepare(rt, config, opts.field_validation, defaults=False)
         with self.lock:
@@ -221,8 +226,8 @@ class ObjectStore:
                 self.objects[key] = obj
                 return copy.deepcopy(obj)
             old = self.objects.get(key)
-            return self._commit(ALL_RESOURCES.get(key[0], NAMESPACES), key, old, obj, False,
-                                keep_identity=False)
+            return copy.deepcopy(self._commit(ALL_RESOURCES.get(key[0], NAMESPACES), key, old,
+                                              obj, False, keep_identity=False))
 
     def remove(self, key: Key) -> bool:
         """Delete one object (and a namespace's objects with it); False when absent."""
@@ -231,8 +236,7 @@ class ObjectStore:
             if obj is None:
                 return False
             self.rv += 1
-            gone = copy.deepcopy(obj)
-            gone["metadata"]["resourceVersion"] = str(self.rv)
+            gone = {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.rv)}}
             self._event("DELETED", key, gone, self.rv, obj)
             if key[0] == NAMESPACES.plural:
                 for inner in [k for k in self.objects if k[1] == key[2]]:
@@ -283,7 +287,7 @@ class ObjectStore:
             else:
                 meta.pop(field, None)
         if new == current:
-            return copy.deepcopy(current)  # a no-op write keeps the resourceVersion
+            return current  # a no-op write keeps the resourceVersion
         return self._commit(rt, (rt.plural, namespace, name), current, new, opts.dry_run)
 
     def _commit(self, rt: ResourceType, key: Key, old: dict[str, Any] | None,
@@ -300,17 +304,17 @@ class ObjectStore:
             meta["generation"] = int(old["metadata"].get("generation", 0)) + 1
         if dry_run:
             meta.setdefault("resourceVersion", "")
-            return copy.deepcopy(new)
+            return new
         self.rv += 1
         meta["resourceVersion"] = str(self.rv)
         self.objects[key] = new
         self._event("ADDED" if old is None else "MODIFIED", key, new, self.rv, old)
-        return copy.deepcopy(new)
+        return new
 
     def _event(self, kind: str, key: Key, obj: dict[str, Any], rv: int,
                old: dict[str, Any] | None) -> None:
         prev = None if old is None else dict((old.get("metadata") or {}).get("labels") or {})
-        self.events.append(Event(rv, kind, key, copy.deepcopy(obj), prev))
+        self.events.append(Event(rv, kind, key, obj, prev))
         self.changed.notify_all()
 
 

@@ -16,7 +16,6 @@ Not modelled: ``sendInitialEvents`` / watch-list, ``resourceVersionMatch``, Tabl
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -133,4 +132,4 @@ def _translate(req: WatchRequest, event: Event) -> dict[str, Any] | None:
         kind = event.type if now_matches else None
     if kind is None:
         return None
-    return {"type": kind, "object": copy.deepcopy(event.object)}
+    return {"type": kind, "object": event.object}

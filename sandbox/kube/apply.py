@@ -145,12 +145,17 @@ def _entry(entries: list[_Entry], manager: str, operation: str) -> _Entry:
 
 def record_update(rt: ResourceType, old: dict[str, Any] | None, new: dict[str, Any],
                   manager: str, at: str) -> None:
-    """Set ``new``'s managedFields after ``manager`` wrote ``new`` over ``old``."""
+    """Set ``new``'s managedFields after ``manager`` wrote ``new`` over ``old``.
+
+    As upstream (``decodeLiveOrNew``): managedFields sent in the request replace the live
+    ones (kubectl's migration from client-side apply does this), ``[]`` resets them, and a
+    request without them keeps the live ones."""
     before = managed_leaves(rt, old) if old is not None else {}
     after = managed_leaves(rt, new)
     changed = {p for p, v in after.items() if before.get(p, _MISSING) != v}
     removed = set(before) - set(after)
-    entries = _entries(old)
+    sent = (new.get("metadata") or {}).get("managedFields")
+    entries = _entries(new) if isinstance(sent, list) else _entries(old)
     for e in entries:
         e.fields -= changed | removed
     if changed:

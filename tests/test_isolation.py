@@ -519,6 +519,7 @@ def test_deny_rules_beat_allows_in_the_oracle() -> None:
     assert not may_reach(policies, Pod("tasks", {LABEL_KEY: "acme"}), "10.0.1.11", 443)
 
 
+@pytest.mark.timeout(900 if THOROUGH else 120)
 @given(worlds(), st.data())
 def test_the_property_fails_when_one_policy_is_widened(world: World, data: st.DataObject) -> None:
     """Widen one rendered /32 to its /16 and put another private destination in that /16:

@@ -4,6 +4,7 @@ the sandbox API server (sandbox/kube.py), and the sandbox's own API-server behav
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,23 +130,25 @@ def test_apply_in_every_configured_namespace(
 def test_concurrent_applies_resolve_the_conflict(
     sandbox_kube: SandboxKube, kube_api_client: client.ApiClient, existing: bool
 ) -> None:
-    """Two workers read the same state (held at a barrier), then both write: one gets a
-    409 (AlreadyExists or a stale resourceVersion), re-reads and converges."""
+    """Two workers read the same state, then both write: one gets a 409 (AlreadyExists or a
+    stale resourceVersion), re-reads and converges. No write is served before both reads
+    have been (a barrier on the reads alone would let one worker read, write and only then
+    let the other read)."""
     if existing:
         KubernetesActivities(kube_api_client, ["tasks"]).apply_policies(_inp(ips=["10.0.9.9"]))
-    barrier = threading.Barrier(2, timeout=10)
-    held = {"n": 0}
-    lock = threading.Lock()
 
-    def hold_first_two_reads(method: str, path: str) -> None:
-        if method == "GET" and path.endswith(f"/{NAME}"):
-            with lock:
-                held["n"] += 1
-                mine = held["n"]
-            if mine <= 2:
-                barrier.wait()
+    def reads_done() -> int:
+        return sum(1 for r in list(sandbox_kube.requests)
+                   if r.method == "GET" and r.path.endswith(f"/{NAME}") and r.status)
 
-    sandbox_kube.on_request = hold_first_two_reads
+    def hold_writes_until_both_read(method: str, path: str) -> None:
+        if method in ("POST", "PUT") and CNP in path:
+            deadline = time.monotonic() + 20
+            while reads_done() < 2:
+                assert time.monotonic() < deadline, "the second worker never read"
+                time.sleep(0.002)
+
+    sandbox_kube.on_request = hold_writes_until_both_read
     sandbox_kube.reset_counters()
     inputs = [_inp(ips=["10.0.1.1"]), _inp(ips=["10.0.2.2", "10.0.2.3"])]
     results: list[Any] = [None, None]

@@ -1,5 +1,7 @@
 """The Kubernetes activities through the official ``kubernetes`` client over HTTP against
-the sandbox API server (sandbox/kube.py), and the sandbox's own API-server behaviour."""
+sandbox Kubernetes (sandbox/kube/): convergence, ownership (NAME_CONFLICT), delete
+preconditions and error classification. The sandbox's own behaviour is in
+tests/test_sandbox_kube.py."""
 
 from __future__ import annotations
 

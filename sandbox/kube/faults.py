@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -117,6 +117,3 @@ class FaultInjector:
             self.counts.update(decision.kinds)
             return decision
 
-
-def describe(decision: Decision) -> dict[str, Any]:
-    return asdict(decision)

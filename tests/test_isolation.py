@@ -294,9 +294,9 @@ _network_plus_one = st.sampled_from([str(n.network_address + 1) for n in PRIVATE
 
 
 @cache
-def _indexes(n: int, max_size: int) -> st.SearchStrategy[list[int]]:
-    """Up to ``max_size`` distinct positions in a list of ``n``."""
-    return st.lists(st.integers(0, n - 1), max_size=max_size, unique=True)
+def _indexes(n: int, max_size: int, min_size: int = 0) -> st.SearchStrategy[list[int]]:
+    """Distinct positions in a list of ``n`` (cached: no strategy is built per draw)."""
+    return st.lists(st.integers(0, n - 1), min_size=min_size, max_size=max_size, unique=True)
 
 
 def _unused(ip: str, used: set[str]) -> str:
@@ -324,8 +324,8 @@ def worlds(draw: st.DrawFn) -> World:
     namespaces = draw(_namespaces)
     orgs = draw(_org_sets)
     # Per connection id, the orgs that use it: usually more than one.
-    pairs = [(org, conn) for conn in draw(_connection_id_sets)
-             for org in draw(st.lists(st.sampled_from(orgs), min_size=1, unique=True))][:3]
+    pairs = [(orgs[i], conn) for conn in draw(_connection_id_sets)
+             for i in draw(_indexes(len(orgs), len(orgs), min_size=1))][:3]
     used: set[str] = set()
     live = [Connection(org, conn, _endpoint_ips(draw, used), draw(_port_lists))
             for org, conn in pairs]
@@ -373,9 +373,7 @@ def stored_policies(kube: SandboxKube, api_client: client.ApiClient, world: Worl
                     ) -> list[dict[str, Any]]:
     """Run the world's operations through the real ``KubernetesActivities`` over HTTP and
     return what the cluster stored (keyed by name, as a cluster is)."""
-    for policy in kube.policies():  # a cluster without connections; the baseline stays
-        kube.remove_object(CNP_PLURAL, policy["metadata"]["namespace"],
-                           policy["metadata"]["name"])
+    kube.clear(CNP_PLURAL)  # a cluster without connections; the baseline stays
     acts = KubernetesActivities(api_client, world.namespaces, LABEL_KEY)
     acts.apply_baseline()  # writes only when the world's namespaces differ from the last
     for op, c in world.ops:
@@ -384,8 +382,7 @@ def stored_policies(kube: SandboxKube, api_client: client.ApiClient, world: Worl
                 org_id=c.org, connection_id=c.connection_id, ips=c.ips, ports=c.ports))
         else:
             acts.delete_policies(DeletePoliciesInput(org_id=c.org, connection_id=c.connection_id))
-    return [obj for (plural, _ns, _name), obj in kube.objects.items()
-            if plural in (CNP_PLURAL, CCNP_PLURAL)]
+    return kube.objects_of(CCNP_PLURAL) + kube.objects_of(CNP_PLURAL)
 
 
 # --------------------------------------------------------------------------- the property

@@ -4,9 +4,9 @@ Test API (stable; the activity tests, the soak and the dev stack use it):
 
 * lifecycle: ``start(port=0, host=) -> url``, ``stop()``, ``url``, context manager;
 * objects: ``objects`` (deep copy by (plural, namespace, name)), ``get_object``,
-  ``policies(namespace=None)``, ``put_object`` (stored as is, as by someone with direct
+  ``objects_of(plural)``, ``policies(namespace=None)``, ``put_object`` (stored as is, as by someone with direct
   etcd access), ``remove_object`` (an operator deleting by hand), ``add_namespace``,
-  ``clear()`` (every non-namespace object), ``snapshot()`` / ``restore()`` (keeping uids
+  ``clear(plural=None)`` (every non-namespace object, or those of one resource), ``snapshot()`` / ``restore()`` (keeping uids
   and resourceVersions across a dev-stack restart);
 * requests: ``requests`` (method, path, query, parsed body, status), ``writes`` (count per
   verb: create / replace / patch / delete), ``write_count``, ``conflicts`` (409s served),
@@ -123,6 +123,13 @@ class SandboxKube:
             obj = self.store.objects.get((plural, namespace, name))
             return copy.deepcopy(obj) if obj is not None else None
 
+    def objects_of(self, plural: str) -> list[dict[str, Any]]:
+        """Deep copies of the stored objects of one resource, by namespace and name."""
+        with self.lock:
+            return [copy.deepcopy(o) for (p, ns, name), o in sorted(
+                self.store.objects.items(), key=lambda kv: (kv[0][1] or "", kv[0][2]))
+                if p == plural]
+
     def policies(self, namespace: str | None = None) -> list[dict[str, Any]]:
         """Stored CiliumNetworkPolicies (of one namespace, or all), by namespace and name."""
         with self.lock:
@@ -146,10 +153,12 @@ class SandboxKube:
         """Delete directly (e.g. "an operator deleted the policy by hand")."""
         self.store.remove((plural, namespace, name))
 
-    def clear(self) -> None:
-        """Delete every object but the namespaces (watchers see DELETED events)."""
+    def clear(self, plural: str | None = None) -> None:
+        """Delete every object but the namespaces, or every object of ``plural``
+        (watchers see DELETED events)."""
         with self.lock:
-            for key in [k for k in self.store.objects if k[0] != NAMESPACES.plural]:
+            for key in [k for k in self.store.objects if k[0] != NAMESPACES.plural
+                        and plural in (None, k[0])]:
                 self.store.remove(key)
 
     def snapshot(self) -> list[dict[str, Any]]:

@@ -3,14 +3,26 @@
 Activities are sync ``def`` methods (the worker runs them in its thread pool) of
 ``KubernetesActivities``, which holds an injected ``kubernetes.client.ApiClient``.
 
-Apply is idempotent and converges: for every configured task namespace, GET the policy;
-create it when absent; when its spec or privnet's labels differ, replace it carrying the
-resourceVersion that was read (optimistic concurrency), retrying 409 conflicts a few
-times; when nothing differs, write nothing. Delete treats 404 as success.
+Apply is idempotent and converges: for every configured task namespace, GET the policy
+(named by ``policy_name(org, connection)``); create it when absent; when it exists, check
+it is ours (its ``privnet.dev/org-id`` and ``privnet.dev/connection-id`` labels name this
+org and connection; otherwise fail ``NAME_CONFLICT`` and never touch it); when its spec or
+privnet's labels differ, replace it carrying the resourceVersion that was read (optimistic
+concurrency), retrying 409 conflicts a few times; when nothing differs, write nothing.
+
+Delete converges too: GET; absent = done; another owner's object = nothing of ours is
+there (done, logged, never deleted); ours = DELETE with preconditions (the uid and
+resourceVersion just read), so an object replaced in between is never removed: on a 409
+the object is read again and the decision made again.
+
+Writes carry ``fieldManager=privnet``, so ``metadata.managedFields`` (and ``kubectl apply
+--server-side`` conflicts) name privnet.
 
 Error mapping (``ApplicationError.type``):
 
 * invalid input → ``POLICY_INVALID`` (non-retryable), raised before any API call;
+* an object with privnet's name but another owner → ``NAME_CONFLICT`` (non-retryable),
+  naming the object, the owner found and the fix;
 * 422 from the API server (the CRD refused the body) → ``POLICY_INVALID`` (non-retryable);
 * 403 → ``KUBERNETES_FORBIDDEN`` (non-retryable), naming the RBAC objects of
   ``deploy/rbac.yaml`` to install;
@@ -24,10 +36,11 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import urllib3
 from kubernetes import client, config
@@ -66,6 +79,8 @@ from workflows.contracts import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+FIELD_MANAGER = "privnet"  # metadata.managedFields name privnet's writes
 
 RBAC_HINT = (
     "install deploy/rbac.yaml: ServiceAccount privnet-worker bound to the Role "
@@ -118,7 +133,7 @@ class KubernetesActivities:
 
     @activity.defn(name=ACT_APPLY_POLICIES)
     def apply_policies(self, input: ApplyPoliciesInput) -> ApplyPoliciesResult:
-        """Make ``privnet-{connection_id}`` in every task namespace match the rendering."""
+        """Make the connection's policy in every task namespace match the rendering."""
         try:
             desired = {
                 ns: render_connection_policy(
@@ -133,6 +148,7 @@ class KubernetesActivities:
             }
         except PolicyValidationError as e:
             raise _invalid(e) from None
+        owner = (input.org_id, input.connection_id)
         changed: list[str] = []
         for ns, body in desired.items():
             name = body["metadata"]["name"]
@@ -144,13 +160,16 @@ class KubernetesActivities:
                 ),
                 create=partial(
                     self.custom.create_namespaced_custom_object,
-                    GROUP, VERSION, ns, PLURAL_NAMESPACED, _request_timeout=REQUEST_TIMEOUT,
+                    GROUP, VERSION, ns, PLURAL_NAMESPACED, field_manager=FIELD_MANAGER,
+                    _request_timeout=REQUEST_TIMEOUT,
                 ),
                 replace=partial(
                     self.custom.replace_namespaced_custom_object,
-                    GROUP, VERSION, ns, PLURAL_NAMESPACED, name, _request_timeout=REQUEST_TIMEOUT,
+                    GROUP, VERSION, ns, PLURAL_NAMESPACED, name, field_manager=FIELD_MANAGER,
+                    _request_timeout=REQUEST_TIMEOUT,
                 ),
                 where=f"namespace {ns}",
+                owner=owner,
             )
             if wrote:
                 changed.append(ns)
@@ -159,32 +178,31 @@ class KubernetesActivities:
 
     @activity.defn(name=ACT_DELETE_POLICIES)
     def delete_policies(self, input: DeletePoliciesInput) -> None:
-        """Delete ``privnet-{connection_id}`` from every task namespace; absent = success."""
+        """Delete the connection's policy from every task namespace. Absent, or present but
+        another owner's, both mean "nothing of ours is there": success."""
         try:
-            validate_org(input.org_id)
-            name = policy_name(validate_connection(input.connection_id))
+            org_id = validate_org(input.org_id)
+            connection_id = validate_connection(input.connection_id)
         except PolicyValidationError as e:
             raise _invalid(e) from None
+        name = policy_name(org_id, connection_id)
         for ns in self.namespaces:
-            self._call(
-                partial(
-                    self.custom.delete_namespaced_custom_object,
-                    GROUP, VERSION, ns, PLURAL_NAMESPACED, name, _request_timeout=REQUEST_TIMEOUT,
-                ),
-                where=f"namespace {ns}",
-                missing_ok=True,
-            )
+            self._delete_owned(ns, name, (org_id, connection_id))
             _heartbeat(ns)
 
     # ------------------------------------------------------------------ helpers for CLI
 
-    def list_policies(self, org_id: str) -> list[dict[str, Any]]:
-        """privnet's policies of one org in every task namespace (by the org label)."""
-        try:
-            validate_org(org_id)
-        except PolicyValidationError as e:
-            raise _invalid(e) from None
-        selector = f"{LABEL_ORG_ID}={org_id},{LABEL_MANAGED_BY}={MANAGED_BY}"
+    def list_policies(self, org_id: str | None = None) -> list[dict[str, Any]]:
+        """privnet's policies (of one org, or of every org) in every task namespace, found
+        by their labels; each carries ``privnet.dev/org-id`` and ``privnet.dev/connection-id``
+        so a sweeper can tell which connection it belongs to."""
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        if org_id is not None:
+            try:
+                validate_org(org_id)
+            except PolicyValidationError as e:
+                raise _invalid(e) from None
+            selector = f"{LABEL_ORG_ID}={org_id},{selector}"
         result: list[dict[str, Any]] = []
         for ns in self.namespaces:
             listing = self._call(
@@ -212,11 +230,12 @@ class KubernetesActivities:
                 _request_timeout=REQUEST_TIMEOUT,
             ),
             create=lambda b: self.custom.create_cluster_custom_object(
-                GROUP, VERSION, PLURAL_CLUSTERWIDE, b, _request_timeout=REQUEST_TIMEOUT
+                GROUP, VERSION, PLURAL_CLUSTERWIDE, b, field_manager=FIELD_MANAGER,
+                _request_timeout=REQUEST_TIMEOUT,
             ),
             replace=lambda b: self.custom.replace_cluster_custom_object(
                 GROUP, VERSION, PLURAL_CLUSTERWIDE, BASELINE_NAME, b,
-                _request_timeout=REQUEST_TIMEOUT,
+                field_manager=FIELD_MANAGER, _request_timeout=REQUEST_TIMEOUT,
             ),
             where="the cluster",
         )
@@ -231,9 +250,11 @@ class KubernetesActivities:
         create: Callable[[dict[str, Any]], Any],
         replace: Callable[[dict[str, Any]], Any],
         where: str,
+        owner: tuple[str, str] | None = None,
     ) -> bool:
-        """GET → create if absent / replace with resourceVersion if different / nothing.
-        Returns whether a write happened. Retries 409 conflicts ``conflict_retries`` times."""
+        """GET → create if absent / refuse another owner's object / replace with the
+        resourceVersion if different / nothing. Returns whether a write happened. Retries
+        409 conflicts ``conflict_retries`` times (reading again each time)."""
         name = desired["metadata"]["name"]
         for attempt in range(self.conflict_retries + 1):
             current = self._call(get, where=where, missing_ok=True)
@@ -241,6 +262,8 @@ class KubernetesActivities:
                 if current is None:
                     self._call(partial(create, desired), where=where, conflict_ok=False)
                     return True
+                if owner is not None and _owner(current) != owner:
+                    raise _name_conflict(current, owner, where)
                 if _up_to_date(current, desired):
                     return False
                 body = _merged(current, desired)
@@ -248,12 +271,53 @@ class KubernetesActivities:
                 return True
             except _Conflict:
                 # Someone else wrote in between (or created it first): read again.
-                time.sleep(min(self.conflict_backoff * 2**attempt, 10 * self.conflict_backoff))
+                self._backoff(attempt)
         raise ApplicationError(
             f"policy {name} in {where} kept changing under us ({self.conflict_retries + 1} "
             "conflicting writes); will retry",
             type=RETRYABLE_TRANSIENT,
         )
+
+    def _delete_owned(self, namespace: str, name: str, owner: tuple[str, str]) -> None:
+        """Delete ``namespace/name`` only while it is ours, with preconditions so an object
+        replaced after the GET is never the one deleted."""
+        where = f"namespace {namespace}"
+        for attempt in range(self.conflict_retries + 1):
+            current = cast("dict[str, Any] | None", self._call(
+                partial(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace,
+                        PLURAL_NAMESPACED, name, _request_timeout=REQUEST_TIMEOUT),
+                where=where, missing_ok=True,
+            ))
+            if current is None:
+                return
+            found = _owner(current)
+            if found != owner:
+                _log().warning(
+                    "policy %s/%s belongs to %s, not to %s/%s: left in place (nothing of "
+                    "this connection's is there)", namespace, name, _describe(found), *owner,
+                )
+                return
+            meta = current.get("metadata") or {}
+            options = client.V1DeleteOptions(preconditions=client.V1Preconditions(
+                uid=meta.get("uid"), resource_version=meta.get("resourceVersion")))
+            try:
+                self._call(
+                    partial(self.custom.delete_namespaced_custom_object, GROUP, VERSION,
+                            namespace, PLURAL_NAMESPACED, name, body=options,
+                            _request_timeout=REQUEST_TIMEOUT),
+                    where=where, missing_ok=True, conflict_ok=False,
+                )
+                return
+            except _Conflict:
+                self._backoff(attempt)  # changed or replaced since the GET: decide again
+        raise ApplicationError(
+            f"policy {name} in {where} kept changing while privnet deleted it "
+            f"({self.conflict_retries + 1} failed preconditions); will retry",
+            type=RETRYABLE_TRANSIENT,
+        )
+
+    def _backoff(self, attempt: int) -> None:
+        time.sleep(min(self.conflict_backoff * 2**attempt, 10 * self.conflict_backoff))
 
     def _call(
         self,
@@ -281,6 +345,42 @@ class KubernetesActivities:
 
 class _Conflict(Exception):
     pass
+
+
+def _log() -> Any:
+    return activity.logger if activity.in_activity() else log
+
+
+def _owner(obj: dict[str, Any]) -> tuple[str, str] | None:
+    """(org, connection) from the object's privnet labels; None when it has neither."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    org, connection = labels.get(LABEL_ORG_ID), labels.get(LABEL_CONNECTION_ID)
+    if org is None and connection is None:
+        return None
+    return (str(org), str(connection))
+
+
+def _describe(owner: tuple[str, str] | None) -> str:
+    if owner is None:
+        return (f"another owner (it has no {LABEL_ORG_ID} / {LABEL_CONNECTION_ID} labels: "
+                "not created by privnet)")
+    return f"org {owner[0]!r}, connection {owner[1]!r}"
+
+
+def _name_conflict(current: dict[str, Any], owner: tuple[str, str], where: str
+                   ) -> ApplicationError:
+    meta = current.get("metadata") or {}
+    name = f"{meta.get('namespace') or ''}/{meta.get('name')}".lstrip("/")
+    kubectl = f"kubectl delete ciliumnetworkpolicy -n {meta.get('namespace')} {meta.get('name')}"
+    return ApplicationError(
+        f"CiliumNetworkPolicy {name} in {where} already exists and belongs to "
+        f"{_describe(_owner(current))}, not to org {owner[0]!r}, connection {owner[1]!r}: "
+        "privnet never changes another owner's object. Fix: if that object is stale, delete "
+        f"it ({kubectl}) and create the connection again; otherwise remove whatever "
+        "created it under privnet's name",
+        type=Reason.NAME_CONFLICT.value,
+        non_retryable=True,
+    )
 
 
 def _heartbeat(detail: str) -> None:

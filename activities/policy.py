@@ -7,9 +7,11 @@ Two kinds of policy enforce isolation between organizations (DESIGN.md, "Isolati
   pod without the org label is still in default-deny). It allows egress to the internet
   (``0.0.0.0/0`` except the private ranges) and DNS to kube-dns. It never uses
   ``egressDeny``: Cilium deny rules beat every allow, so no per-org /32 could open.
-* ``render_connection_policy`` — one ``CiliumNetworkPolicy`` ``privnet-{connection_id}`` per
-  connection and task namespace, selecting only pods labelled with the org id and
-  allowing egress only to that connection's endpoint IPs as host /32s.
+* ``render_connection_policy`` — one ``CiliumNetworkPolicy`` per connection and task
+  namespace, named from both the org and the connection id
+  (``workflows.contracts.policy_name``: connection ids are unique only within an org),
+  labelled with both (the labels decide ownership), selecting only pods labelled with the
+  org id and allowing egress only to that connection's endpoint IPs as host /32s.
 
 Every input is validated before anything is rendered; a refusal raises
 ``PolicyValidationError`` (code ``POLICY_INVALID``) whose message names the fix.
@@ -287,7 +289,7 @@ def render_connection_policy(
         "apiVersion": API_VERSION,
         "kind": KIND_NAMESPACED,
         "metadata": {
-            "name": policy_name(connection_id),
+            "name": policy_name(org_id, connection_id),
             "namespace": namespace,
             "labels": policy_labels(org_id, connection_id),
         },

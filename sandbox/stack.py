@@ -6,8 +6,12 @@ One foreground process owns everything it starts:
   ``DIR/temporal.db`` and serving the Web UI, with privnet's search attributes;
 * sandbox AWS (moto extended for PrivateLink) and sandbox Kubernetes (Cilium CRDs), in
   threads of this process; their state is snapshotted to ``DIR`` so a restart with the
-  same data dir keeps the endpoints and policies of running connections (and sandbox
-  AWS's history of every endpoint created and deleted, served under ``aws_endpoint_url``/_privnet/);
+  same data dir keeps the endpoints and policies of running connections (sandbox
+  Kubernetes keeps their uids and resourceVersions too, sandbox AWS its history of every
+  endpoint created and deleted, served under ``aws_endpoint_url``/_privnet/);
+* the cluster baseline policy, applied to sandbox Kubernetes at start by the same code as
+  ``privnet bootstrap``, and ``DIR/kubeconfig`` (its path in ``stack.json`` as
+  ``kubeconfig``), so ``kubectl --kubeconfig DIR/kubeconfig get cnp -A`` works as is;
 * the SQLite store ``DIR/privnet.db``;
 * the worker (``privnet worker``) and the HTTP API (``privnet api``) as subprocesses,
   each in its own process group, with the stack's ``PRIVNET_*`` environment.
@@ -53,8 +57,11 @@ STACK_KEYS = (
     "region",
     "task_namespaces",
     "customer_services",
+    "kubeconfig",
     "env",
 )
+TASK_NAMESPACES = ["tasks"]
+KUBE_STATE = "kube-state.json"  # sandbox Kubernetes objects, kept across restarts
 # Short sandbox timings so the demo reaches Active in seconds.
 SANDBOX_DELAYS: dict[str, float] = {"pending": 1.0, "deleting": 0.5, "deleted_visible": 0.5}
 
@@ -118,6 +125,10 @@ class Stack:
     def logs(self) -> Path:
         return self.data_dir / "logs"
 
+    @property
+    def kubeconfig(self) -> Path:
+        return self.data_dir / "kubeconfig"
+
     def _api_token(self) -> str:
         path = self.data_dir / "api-token"
         if path.exists():
@@ -145,7 +156,8 @@ class Stack:
         temporal_port, ui_port = free_port(), free_port()
         self._start_temporal(temporal_port, ui_port)
         aws_url, seed = self._start_aws()
-        kube_url = self._start_kube()
+        task_namespaces = list(TASK_NAMESPACES)
+        kube_url = self._start_kube(task_namespaces)
         _wait_tcp(temporal_port, 60, self.procs["temporal"])
         self._wait_temporal(f"127.0.0.1:{temporal_port}")
 
@@ -159,7 +171,6 @@ class Stack:
 
         api_port = free_port()
         token = self._api_token()
-        task_namespaces = ["tasks"]
         ui_url = f"http://127.0.0.1:{ui_port}"
         env = {
             "PRIVNET_TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
@@ -203,6 +214,7 @@ class Stack:
                 k: services[k]
                 for k in ("allowed", "not_allowed", "acceptance_required", "other_region")
             },
+            "kubeconfig": str(self.kubeconfig),
             "env": env,
         }
         tmp = self.stack_file.with_suffix(".json.tmp")
@@ -315,30 +327,43 @@ class Stack:
         seed_file.write_text(seed.model_dump_json(indent=2))
         return url, seed
 
-    def _start_kube(self) -> str:
-        from sandbox.kube import SandboxKube
+    def _start_kube(self, task_namespaces: list[str]) -> str:
+        from sandbox.kube import DEFAULT_NAMESPACES, SandboxKube
 
-        self.kube = SandboxKube()
-        snap = self.data_dir / "kube-state.json"
+        self.kube = SandboxKube([*DEFAULT_NAMESPACES, *task_namespaces])
+        snap = self.data_dir / KUBE_STATE
         if snap.exists():
-            with contextlib.suppress(ValueError, KeyError, OSError):
-                for item in json.loads(snap.read_text()):
-                    self.kube.put_object(item["plural"], item["object"])
+            try:
+                self.kube.restore(json.loads(snap.read_text()))
+            except (ValueError, KeyError, TypeError, OSError) as err:
+                self._log(f"sandbox kube: ignoring an unreadable {snap} ({err})")
         url = str(self.kube.start())
+        self._apply_baseline(url, task_namespaces)
+        write_kubeconfig(self.kubeconfig, url, task_namespaces[0])
         self._snap_thread = threading.Thread(target=self._snapshot_loop, daemon=True)
         self._snap_thread.start()
         return url
 
+    def _apply_baseline(self, kube_url: str, task_namespaces: list[str]) -> None:
+        """The isolation world is complete from the start: what ``privnet bootstrap``
+        applies, through the same activities code, over HTTP."""
+        from kubernetes import client
+
+        from activities.kubernetes import KubernetesActivities
+
+        api_client = client.ApiClient(client.Configuration(host=kube_url))
+        try:
+            wrote = KubernetesActivities(api_client, task_namespaces).apply_baseline()
+        finally:
+            api_client.close()
+        self._log(f"sandbox kube: cluster baseline {'applied' if wrote else 'up to date'} "
+                  f"(task namespaces {', '.join(task_namespaces)})")
+
     def _snapshot(self) -> None:
         if self.kube is not None:
-            items = [
-                {"plural": plural, "object": obj}
-                for (plural, _ns, _name), obj in self.kube.objects.items()
-                if plural != "namespaces"
-            ]
-            tmp = self.data_dir / "kube-state.json.tmp"
-            tmp.write_text(json.dumps(items))
-            tmp.replace(self.data_dir / "kube-state.json")
+            tmp = self.data_dir / f"{KUBE_STATE}.tmp"
+            tmp.write_text(json.dumps(self.kube.snapshot()))
+            tmp.replace(self.data_dir / KUBE_STATE)
         if self.aws is not None:
             seen = sum(self.aws.requests.values())
             if seen != self._aws_requests_snapshotted:  # only when AWS was called since
@@ -380,8 +405,9 @@ class Stack:
         if self._stopped:
             return
         self._stopped = True
-        with contextlib.suppress(FileNotFoundError):
-            self.stack_file.unlink()
+        for path in (self.stack_file, self.kubeconfig):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         # Worker and API first (they talk to the rest), Temporal last.
         order = [n for n in ("api", "worker") if n in self.procs] + [
             n for n in self.procs if n not in ("api", "worker")
@@ -419,6 +445,27 @@ def _terminate(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
         proc.wait(5)
 
 
+def write_kubeconfig(path: Path, server: str, namespace: str = "default") -> None:
+    """A kubeconfig for sandbox Kubernetes (plain HTTP, no credentials), as the only
+    context, so ``kubectl --kubeconfig PATH`` needs no other flag."""
+    import yaml
+
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "privnet-sandbox",
+        "clusters": [{"name": "privnet-sandbox", "cluster": {"server": server}}],
+        "users": [{"name": "privnet-sandbox", "user": {}}],
+        "contexts": [{"name": "privnet-sandbox", "context": {
+            "cluster": "privnet-sandbox", "user": "privnet-sandbox", "namespace": namespace}}],
+        "preferences": {},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
 def _make_sandbox_aws(cls: Any, data_dir: Path) -> Any:
     aws = cls()
     aws.set_delays(**SANDBOX_DELAYS)
@@ -445,7 +492,8 @@ def print_summary(info: dict[str, Any]) -> None:
                 f"  HTTP API     {info['api_url']}  (Authorization: Bearer {info['api_token']})",
                 f"  API docs     {info['api_url']}/docs",
                 f"  sandbox AWS  {info['aws_endpoint_url']}",
-                f"  sandbox kube {info['kube_url']}",
+                f"  sandbox kube {info['kube_url']}  "
+                f"(kubectl --kubeconfig {info['kubeconfig']} get cnp -A)",
                 f"  store        {info['database_url']}",
                 "  customer services (sandbox):",
                 *[f"    {k:<20} {v}" for k, v in info["customer_services"].items()],
@@ -564,7 +612,9 @@ async def _rendered_policy(settings: Any, org: str, connection_id: str) -> str:
     result = await asyncio.to_thread(kube.list_policies, org)
     if inspect.isawaitable(result):
         result = await result
-    wanted = f"privnet-{connection_id}"
+    from workflows.contracts import policy_name
+
+    wanted = policy_name(org, connection_id)
     docs = []
     for body in result or []:
         meta = body.get("metadata") or {}

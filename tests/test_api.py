@@ -22,7 +22,7 @@ from sandbox.kube import SandboxKube
 from settings import Settings
 from starter.api import create_app
 from starter.client import ConnectionsClient
-from workflows.contracts import SERVICE_NAME_FORMAT
+from workflows.contracts import SERVICE_NAME_FORMAT, policy_name
 
 TOKEN = "test-token-" + uuid.uuid4().hex
 
@@ -203,7 +203,7 @@ async def test_create_active_delete_deleted(api: ApiEnv) -> None:
     assert {"CheckingPrincipal", "CreatingEndpoint", "WaitingForIp", "ApplyingPolicy"} <= set(
         timeline
     )
-    policy = api.kube.get_object("ciliumnetworkpolicies", "tasks", "privnet-orders-db")
+    policy = api.kube.get_object("ciliumnetworkpolicies", "tasks", policy_name(org, "orders-db"))
     assert policy is not None
     assert policy["spec"]["endpointSelector"]["matchLabels"] == {"privnet.dev/org-id": org}
 
@@ -215,7 +215,7 @@ async def test_create_active_delete_deleted(api: ApiEnv) -> None:
     assert r.json()["status"] in ("Active", "Deleting", "Deleted")
     done = await _wait_status(api.http, org, "orders-db", {"Deleted", "Failed"})
     assert done["status"] == "Deleted", done
-    assert api.kube.get_object("ciliumnetworkpolicies", "tasks", "privnet-orders-db") is None
+    assert api.kube.get_object("ciliumnetworkpolicies", "tasks", policy_name(org, "orders-db")) is None
     # Deleting again is accepted and changes nothing.
     r = await api.http.delete(f"/v1/orgs/{org}/connections/orders-db")
     assert r.status_code == 202 and r.json()["status"] == "Deleted"

@@ -139,7 +139,7 @@ def test_stack_json_has_the_contract_keys(stack: StackProc) -> None:
     assert set(stack.info) == {
         "temporal_address", "ui_url", "api_url", "api_token", "aws_endpoint_url", "kube_url",
         "database_url", "endpoints_account_id", "customer_account_id", "region",
-        "task_namespaces", "customer_services", "env",
+        "task_namespaces", "customer_services", "kubeconfig", "env",
     }
     assert set(stack.info["customer_services"]) == {
         "allowed", "not_allowed", "acceptance_required", "other_region"

@@ -19,6 +19,13 @@ The property: for random organizations, connections, endpoint IPs and destinatio
 (own endpoint IPs, other orgs' endpoint IPs, unallocated private IPs, public addresses),
 a pod of org A in a task namespace reaches x on port p **iff** x is one of A's endpoint
 IPs (and p is allowed by that connection's ports) or x is public.
+
+The oracle judges what the cluster stores, not what privnet meant to store: each example
+runs the real ``KubernetesActivities`` over HTTP against sandbox Kubernetes (apply, new
+endpoint IPs, delete), then reads the stored objects, which are keyed by name as in a
+cluster. The generator reuses connection ids across orgs on purpose (two orgs with a
+connection ``db`` is the common case), so a name that is not unique per (org, connection)
+shows up as one org losing its path or gaining another's (issue 11).
 """
 
 from __future__ import annotations
@@ -26,22 +33,26 @@ from __future__ import annotations
 import copy
 import ipaddress
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from kubernetes import client
+from temporalio.exceptions import ApplicationError
 
+from activities.kubernetes import KubernetesActivities
 from activities.policy import render_baseline_policy, render_connection_policy
+from sandbox.kube import SandboxKube
+from workflows.contracts import ApplyPoliciesInput, DeletePoliciesInput, policy_name
 
 LABEL_KEY = "privnet.dev/org-id"
 NS_LABEL = "k8s:io.kubernetes.pod.namespace"
-ISOLATION_EXAMPLES = (
-    10_000 if os.environ.get("PRIVNET_HYPOTHESIS_PROFILE") == "thorough" else 2_000
-)
+THOROUGH = os.environ.get("PRIVNET_HYPOTHESIS_PROFILE") == "thorough"
+ISOLATION_EXAMPLES = 10_000 if THOROUGH else 2_000
 
 # Independent of activities.policy.PRIVATE_RANGES on purpose: the oracle's notion of
 # "private" must not be taken from the code under test.
@@ -207,16 +218,20 @@ class Connection:
 @dataclass
 class World:
     namespaces: list[str]
-    connections: list[Connection]
-    # extra destinations beyond the endpoint IPs: unallocated private and public IPs
+    connections: list[Connection]  # live at the end
+    # extra destinations beyond the live endpoint IPs: unallocated private and public IPs,
+    # and the IPs of deleted connections and of replaced endpoints (reachable by nobody)
     extra_ips: list[str]
     probe_ports: list[int]
+    # what the activities do, in order: ("apply" | "delete", connection as of that step)
+    ops: list[tuple[str, Connection]] = field(default_factory=list)
 
     @property
     def orgs(self) -> list[str]:
-        return sorted({c.org for c in self.connections})
+        return sorted({c.org for c in self.connections} | {c.org for _, c in self.ops})
 
     def policies(self) -> list[dict[str, Any]]:
+        """The rendered policies of the live connections (no cluster involved)."""
         result = [render_baseline_policy(self.namespaces, LABEL_KEY)]
         for c in self.connections:
             for ns in self.namespaces:
@@ -256,14 +271,32 @@ def violations(world: World, policies: list[dict[str, Any]] | None = None) -> li
     return found
 
 
-_org_ids = st.sampled_from(["acme", "globex", "initech", "umbrella", "org-1", "a", "x.y_z"])
+# Org ids with '.', '_' and a long one (hashed policy names); connection ids from a small
+# pool, so that two orgs use the same connection id most of the time.
+_org_ids = st.sampled_from(["acme", "globex", "initech", "org-1", "a", "x.y_z",
+                            "tenant.with_a-rather-long-organization-identifier"])
+_connection_ids = st.sampled_from(["db", "api", "c1", "a-connection-id-of-forty-characters-long"])
 _ports = st.integers(1, 65535)
 
 
-def _private_ip(draw: st.DrawFn) -> str:
-    net = draw(st.sampled_from(PRIVATE[:4]))  # endpoint IPs: never link-local
-    offset = draw(st.integers(1, net.num_addresses - 2))
-    return str(net.network_address + offset)
+# Strategies are built once: building them inside the composite costs more than drawing.
+_private_ips = st.one_of([  # each endpoint range as likely as the others
+    st.integers(1, net.num_addresses - 2).map(lambda offset, net=net: str(
+        net.network_address + offset))
+    for net in PRIVATE[:4]  # endpoint IPs: never link-local
+])
+_namespaces = st.sampled_from([["tasks"], ["batch"], ["batch", "tasks"]])
+_org_sets = st.lists(_org_ids, min_size=2, max_size=3, unique=True)
+_connection_id_sets = st.lists(_connection_ids, min_size=1, max_size=3, unique=True)
+_port_lists = st.lists(_ports, max_size=2, unique=True)
+_any_ipv4 = st.ip_addresses(v=4).map(str)
+_network_plus_one = st.sampled_from([str(n.network_address + 1) for n in PRIVATE])
+
+
+@cache
+def _indexes(n: int, max_size: int, min_size: int = 0) -> st.SearchStrategy[list[int]]:
+    """Distinct positions in a list of ``n`` (cached: no strategy is built per draw)."""
+    return st.lists(st.integers(0, n - 1), min_size=min_size, max_size=max_size, unique=True)
 
 
 def _unused(ip: str, used: set[str]) -> str:
@@ -275,37 +308,97 @@ def _unused(ip: str, used: set[str]) -> str:
     return str(addr)
 
 
+def _endpoint_ips(draw: st.DrawFn, used: set[str]) -> list[str]:
+    ips = []
+    for _ in range(draw(st.integers(1, 2))):  # one ENI per AZ: one or two AZs
+        ip = _unused(draw(_private_ips), used)
+        used.add(ip)
+        ips.append(ip)
+    return ips
+
+
 @st.composite
 def worlds(draw: st.DrawFn) -> World:
-    namespaces = draw(
-        st.lists(st.sampled_from(["tasks", "batch", "jobs"]), min_size=1, max_size=2, unique=True)
-    )
-    orgs = draw(st.lists(_org_ids, min_size=1, max_size=3, unique=True))
+    """Connections of several orgs (reusing connection ids across orgs on purpose) applied
+    in random order; then some get new endpoint IPs and some are deleted."""
+    namespaces = draw(_namespaces)
+    orgs = draw(_org_sets)
+    # Per connection id, the orgs that use it: usually more than one.
+    pairs = [(orgs[i], conn) for conn in draw(_connection_id_sets)
+             for i in draw(_indexes(len(orgs), len(orgs), min_size=1))][:3]
     used: set[str] = set()
-    connections = []
-    for i in range(draw(st.integers(1, 4))):
-        ips = []
-        for _ in range(draw(st.integers(1, 3))):
-            ip = _unused(_private_ip(draw), used)
-            used.add(ip)
-            ips.append(ip)
-        ports = draw(st.lists(_ports, max_size=2, unique=True))
-        connections.append(Connection(draw(st.sampled_from(orgs)), f"c{i}", ips, ports))
-    extra = [_private_ip(draw) for _ in range(draw(st.integers(0, 2)))]
-    extra.append(str(draw(st.ip_addresses(v=4))))  # anything: public, reserved, private
+    live = [Connection(org, conn, _endpoint_ips(draw, used), draw(_port_lists))
+            for org, conn in pairs]
+    ops: list[tuple[str, Connection]] = [("apply", copy.deepcopy(c)) for c in live]
+    extra: list[str] = []
+    for i in draw(_indexes(len(live), 1)):
+        c = live[i]
+        extra += c.ips  # the endpoint's IPs changed: the old ones must close
+        c.ips = _endpoint_ips(draw, used)
+        ops.append(("apply", copy.deepcopy(c)))
+    for i in sorted(draw(_indexes(len(live), 1)), reverse=True):
+        c = live.pop(i)
+        extra += c.ips
+        ops.append(("delete", c))
+    extra += [draw(_private_ips) for _ in range(draw(st.integers(0, 2)))]
+    extra.append(draw(_any_ipv4))  # anything: public, reserved, private
     if draw(st.booleans()):
-        extra.append(str(draw(st.sampled_from(PRIVATE)).network_address + 1))
-    probe = sorted({p for c in connections for p in c.ports} | {draw(_ports)})
-    return World(namespaces, connections, extra, probe)
+        extra.append(draw(_network_plus_one))
+    extra = [ip for ip in extra if not any(ip in c.ips for c in live)]
+    probe = sorted({p for _, c in ops for p in c.ports} | {draw(_ports)})
+    return World(namespaces, live, extra, probe, ops)
+
+
+# --------------------------------------------------------------------------- the cluster
+
+ALL_NAMESPACES = ["tasks", "batch"]
+CNP_PLURAL, CCNP_PLURAL = "ciliumnetworkpolicies", "ciliumclusterwidenetworkpolicies"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[SandboxKube, client.ApiClient]]:
+    """One sandbox for the module (hypothesis runs many examples per test); each example
+    starts from a cluster without connection policies."""
+    kube = SandboxKube(["default", "kube-system", *ALL_NAMESPACES])
+    kube.start()
+    api_client = client.ApiClient(client.Configuration(host=kube.url))
+    try:
+        yield kube, api_client
+    finally:
+        api_client.close()
+        kube.stop()
+
+
+def stored_policies(kube: SandboxKube, api_client: client.ApiClient, world: World
+                    ) -> list[dict[str, Any]]:
+    """Run the world's operations through the real ``KubernetesActivities`` over HTTP and
+    return what the cluster stored (keyed by name, as a cluster is)."""
+    kube.clear(CNP_PLURAL)  # a cluster without connections; the baseline stays
+    acts = KubernetesActivities(api_client, world.namespaces, LABEL_KEY)
+    acts.apply_baseline()  # writes only when the world's namespaces differ from the last
+    for op, c in world.ops:
+        if op == "apply":
+            acts.apply_policies(ApplyPoliciesInput(
+                org_id=c.org, connection_id=c.connection_id, ips=c.ips, ports=c.ports))
+        else:
+            acts.delete_policies(DeletePoliciesInput(org_id=c.org, connection_id=c.connection_id))
+    return kube.objects_of(CCNP_PLURAL) + kube.objects_of(CNP_PLURAL)
 
 
 # --------------------------------------------------------------------------- the property
 
 
+@pytest.mark.timeout(900 if THOROUGH else 120)
 @settings(max_examples=ISOLATION_EXAMPLES)
 @given(worlds())
-def test_an_org_reaches_exactly_its_own_endpoints_and_the_internet(world: World) -> None:
-    assert violations(world) == []
+def test_an_org_reaches_exactly_its_own_endpoints_and_the_internet(
+    cluster: tuple[SandboxKube, client.ApiClient], world: World
+) -> None:
+    """The oracle judges what the cluster stored after the activities ran."""
+    stored = stored_policies(*cluster, world)
+    # One policy per live connection and namespace, none left by a deleted one.
+    assert len(stored) == 1 + len(world.connections) * len(world.namespaces)
+    assert violations(world, stored) == []
 
 
 # --------------------------------------------------------------------------- fixed cases
@@ -423,10 +516,12 @@ def test_deny_rules_beat_allows_in_the_oracle() -> None:
     assert not may_reach(policies, Pod("tasks", {LABEL_KEY: "acme"}), "10.0.1.11", 443)
 
 
+@pytest.mark.timeout(900 if THOROUGH else 120)
 @given(worlds(), st.data())
 def test_the_property_fails_when_one_policy_is_widened(world: World, data: st.DataObject) -> None:
     """Widen one rendered /32 to its /16 and put another private destination in that /16:
     the isolation check reports a violation every time."""
+    assume(world.connections)
     policies = world.policies()
     victim = data.draw(st.sampled_from([p for p in policies if p["kind"] == "CiliumNetworkPolicy"]))
     host = victim["spec"]["egress"][0]["toCIDR"][0].split("/")[0]
@@ -439,3 +534,73 @@ def test_the_property_fails_when_one_policy_is_widened(world: World, data: st.Da
     )
     world.extra_ips.append(neighbour)
     assert violations(world, policies) != []
+
+
+# --------------------------------------------------------------------------- issue 11
+
+
+def _ops(*steps: tuple[str, Connection]) -> list[tuple[str, Connection]]:
+    return list(steps)
+
+
+ACME_DB = Connection("acme", "db", ["10.0.1.10"], [5432])
+GLOBEX_DB = Connection("globex", "db", ["172.16.0.20"], [])
+
+
+def test_two_orgs_with_the_same_connection_id_keep_their_own_policies(
+    cluster: tuple[SandboxKube, client.ApiClient],
+) -> None:
+    """Regression (issue 11): acme/db and globex/db are two objects with their own
+    selectors and IPs; deleting globex/db leaves acme/db byte-for-byte as it was."""
+    kube, api_client = cluster
+    world = World(["tasks"], [ACME_DB, GLOBEX_DB], [], [5432],
+                  _ops(("apply", ACME_DB), ("apply", GLOBEX_DB)))
+    stored = stored_policies(kube, api_client, world)
+    assert violations(world, stored) == []
+    acme = kube.get_object(CNP_PLURAL, "tasks", policy_name("acme", "db"))
+    globex = kube.get_object(CNP_PLURAL, "tasks", policy_name("globex", "db"))
+    assert acme is not None and globex is not None
+    assert acme["metadata"]["name"] != globex["metadata"]["name"]
+    assert acme["spec"]["endpointSelector"] == {"matchLabels": {LABEL_KEY: "acme"}}
+    assert globex["spec"]["endpointSelector"] == {"matchLabels": {LABEL_KEY: "globex"}}
+    assert acme["spec"]["egress"][0]["toCIDR"] == ["10.0.1.10/32"]
+    assert globex["spec"]["egress"][0]["toCIDR"] == ["172.16.0.20/32"]
+
+    acts = KubernetesActivities(api_client, ["tasks"], LABEL_KEY)
+    acts.delete_policies(DeletePoliciesInput(org_id="globex", connection_id="db"))
+    assert kube.get_object(CNP_PLURAL, "tasks", policy_name("acme", "db")) == acme
+    assert kube.get_object(CNP_PLURAL, "tasks", policy_name("globex", "db")) is None
+    after = World(["tasks"], [ACME_DB], GLOBEX_DB.ips, [5432])
+    assert violations(after, [o for (p, _, _), o in kube.objects.items()
+                              if p in (CNP_PLURAL, CCNP_PLURAL)]) == []
+
+    # A hand-made object squatting globex/db's name: refused, and left as it was.
+    squatter = render_connection_policy("acme", "db", ["10.0.1.10"], namespace="tasks")
+    squatter["metadata"]["name"] = policy_name("globex", "db")
+    squatter = kube.put_object(CNP_PLURAL, squatter)
+    with pytest.raises(ApplicationError) as info:
+        acts.apply_policies(ApplyPoliciesInput(org_id="globex", connection_id="db",
+                                               ips=GLOBEX_DB.ips))
+    assert info.value.type == "NAME_CONFLICT" and info.value.non_retryable
+    assert kube.get_object(CNP_PLURAL, "tasks", policy_name("globex", "db")) == squatter
+
+
+def test_the_stored_oracle_catches_one_name_for_two_orgs(
+    cluster: tuple[SandboxKube, client.ApiClient],
+) -> None:
+    """The bug of issue 11, reproduced in the cluster: both orgs' policies under one name
+    (the last write wins). The oracle, reading what is stored, reports acme's lost path."""
+    kube, api_client = cluster
+    world = World(["tasks"], [ACME_DB, GLOBEX_DB], [], [5432],
+                  _ops(("apply", ACME_DB), ("apply", GLOBEX_DB)))
+    stored_policies(kube, api_client, world)
+    for policy in kube.policies():
+        kube.remove_object(CNP_PLURAL, "tasks", policy["metadata"]["name"])
+    for c in (ACME_DB, GLOBEX_DB):  # what a connection-id-only name did
+        body = render_connection_policy(c.org, c.connection_id, c.ips, c.ports,
+                                        namespace="tasks", label_key=LABEL_KEY)
+        body["metadata"]["name"] = f"privnet-{c.connection_id}"
+        kube.put_object(CNP_PLURAL, body)
+    stored = [o for (p, _, _), o in kube.objects.items() if p in (CNP_PLURAL, CCNP_PLURAL)]
+    found = violations(world, stored)
+    assert any("acme" in v and "10.0.1.10" in v for v in found), found

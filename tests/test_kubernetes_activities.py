@@ -1,15 +1,12 @@
 """The Kubernetes activities through the official ``kubernetes`` client over HTTP against
-the sandbox API server (sandbox/kube.py), and the sandbox's own API-server behaviour."""
+sandbox Kubernetes (sandbox/kube/): convergence, ownership (NAME_CONFLICT), delete
+preconditions and error classification. The sandbox's own behaviour is in
+tests/test_sandbox_kube.py."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import threading
-import urllib.request
-from collections.abc import Callable
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +21,13 @@ from activities.kubernetes import KubernetesActivities
 from activities.policy import render_baseline_policy, render_connection_policy
 from sandbox.kube import SandboxKube
 from settings import Settings
-from workflows.contracts import ApplyPoliciesInput, DeletePoliciesInput
+from workflows.contracts import ApplyPoliciesInput, DeletePoliciesInput, policy_name
 
 pytest_plugins = ["tests.kube_fixtures"]
 
 G, V, CNP, CCNP = "cilium.io", "v2", "ciliumnetworkpolicies", "ciliumclusterwidenetworkpolicies"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CrdErrors = Callable[[str, dict[str, Any]], list[str]]
+NAME = policy_name("acme", "db-1")
 
 
 def _inp(org: str = "acme", conn: str = "db-1", ips: list[str] | None = None,
@@ -40,7 +37,7 @@ def _inp(org: str = "acme", conn: str = "db-1", ips: list[str] | None = None,
     )
 
 
-def _stored(kube: SandboxKube, ns: str = "tasks", name: str = "privnet-db-1") -> dict[str, Any]:
+def _stored(kube: SandboxKube, ns: str = "tasks", name: str = NAME) -> dict[str, Any]:
     obj = kube.get_object(CNP, ns, name)
     assert obj is not None, f"{ns}/{name} not stored"
     return obj
@@ -102,7 +99,7 @@ def test_apply_repairs_drift_and_keeps_foreign_labels(
     kube_activities.apply_policies(_inp())
     # Someone widens the policy by hand and adds a label of their own.
     custom_api.patch_namespaced_custom_object(
-        G, V, "tasks", CNP, "privnet-db-1",
+        G, V, "tasks", CNP, NAME,
         {"metadata": {"labels": {"team": "netops"}},
          "spec": {"egress": [{"toCIDR": ["10.0.0.0/8"]}]}},
     )
@@ -111,7 +108,7 @@ def test_apply_repairs_drift_and_keeps_foreign_labels(
     assert stored["spec"]["egress"] == [{"toCIDR": ["10.0.1.23/32"]}]
     assert stored["metadata"]["labels"]["team"] == "netops"
     # Deleted by hand: recreated.
-    sandbox_kube.remove_object(CNP, "tasks", "privnet-db-1")
+    sandbox_kube.remove_object(CNP, "tasks", NAME)
     assert kube_activities.apply_policies(_inp()).changed == ["tasks"]
     assert _stored(sandbox_kube)["spec"]["egress"] == [{"toCIDR": ["10.0.1.23/32"]}]
 
@@ -123,7 +120,7 @@ def test_apply_in_every_configured_namespace(
     assert result.namespaces == ["batch", "tasks"] and result.changed == ["batch", "tasks"]
     assert _stored(sandbox_kube, "tasks") and _stored(sandbox_kube, "batch")
     # One namespace drifted: only that one is written.
-    sandbox_kube.remove_object(CNP, "batch", "privnet-db-1")
+    sandbox_kube.remove_object(CNP, "batch", NAME)
     sandbox_kube.reset_counters()
     assert kube_activities_multi.apply_policies(_inp()).changed == ["batch"]
     assert sandbox_kube.writes == {"create": 1}
@@ -135,23 +132,25 @@ def test_apply_in_every_configured_namespace(
 def test_concurrent_applies_resolve_the_conflict(
     sandbox_kube: SandboxKube, kube_api_client: client.ApiClient, existing: bool
 ) -> None:
-    """Two workers read the same state (held at a barrier), then both write: one gets a
-    409 (AlreadyExists or a stale resourceVersion), re-reads and converges."""
+    """Two workers read the same state, then both write: one gets a 409 (AlreadyExists or a
+    stale resourceVersion), re-reads and converges. No write is served before both reads
+    have been (a barrier on the reads alone would let one worker read, write and only then
+    let the other read)."""
     if existing:
         KubernetesActivities(kube_api_client, ["tasks"]).apply_policies(_inp(ips=["10.0.9.9"]))
-    barrier = threading.Barrier(2, timeout=10)
-    held = {"n": 0}
-    lock = threading.Lock()
 
-    def hold_first_two_reads(method: str, path: str) -> None:
-        if method == "GET" and path.endswith("/privnet-db-1"):
-            with lock:
-                held["n"] += 1
-                mine = held["n"]
-            if mine <= 2:
-                barrier.wait()
+    def reads_done() -> int:
+        return sum(1 for r in list(sandbox_kube.requests)
+                   if r.method == "GET" and r.path.endswith(f"/{NAME}") and r.status)
 
-    sandbox_kube.on_request = hold_first_two_reads
+    def hold_writes_until_both_read(method: str, path: str) -> None:
+        if method in ("POST", "PUT") and CNP in path:
+            deadline = time.monotonic() + 20
+            while reads_done() < 2:
+                assert time.monotonic() < deadline, "the second worker never read"
+                time.sleep(0.002)
+
+    sandbox_kube.on_request = hold_writes_until_both_read
     sandbox_kube.reset_counters()
     inputs = [_inp(ips=["10.0.1.1"]), _inp(ips=["10.0.2.2", "10.0.2.3"])]
     results: list[Any] = [None, None]
@@ -186,6 +185,104 @@ def test_concurrent_applies_resolve_the_conflict(
 # --------------------------------------------------------------------------- delete / list
 
 
+def _squat(kube: SandboxKube, labels: dict[str, str] | None, ns: str = "tasks") -> dict[str, Any]:
+    """Someone else's policy stored under privnet's name for acme/db-1."""
+    body = render_connection_policy("globex", "db-1", ["10.0.9.9"], namespace=ns)
+    body["metadata"] = {"name": NAME, "namespace": ns, **({"labels": labels} if labels else {})}
+    return kube.put_object(CNP, body)
+
+
+@pytest.mark.parametrize(
+    "labels,owner_text",
+    [
+        ({"privnet.dev/org-id": "globex", "privnet.dev/connection-id": "db-1"},
+         "org 'globex', connection 'db-1'"),
+        ({"privnet.dev/org-id": "acme", "privnet.dev/connection-id": "db-2"},
+         "org 'acme', connection 'db-2'"),
+        (None, "no privnet.dev/org-id / privnet.dev/connection-id labels"),
+    ],
+    ids=["other-org", "other-connection", "unlabelled"],
+)
+def test_apply_never_changes_another_owners_object(
+    sandbox_kube: SandboxKube, kube_activities: KubernetesActivities,
+    labels: dict[str, str] | None, owner_text: str,
+) -> None:
+    before = _squat(sandbox_kube, labels)
+    sandbox_kube.reset_counters()
+    with pytest.raises(ApplicationError) as info:
+        kube_activities.apply_policies(_inp())
+    err = info.value
+    assert err.type == "NAME_CONFLICT" and err.non_retryable
+    assert f"tasks/{NAME}" in err.message  # the object
+    assert owner_text in err.message  # the owner found
+    assert f"kubectl delete ciliumnetworkpolicy -n tasks {NAME}" in err.message  # the fix
+    assert sandbox_kube.write_count == 0
+    assert _stored(sandbox_kube) == before
+
+
+def test_delete_leaves_another_owners_object_and_succeeds(
+    sandbox_kube: SandboxKube, kube_activities: KubernetesActivities,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    before = _squat(sandbox_kube, {"privnet.dev/org-id": "globex",
+                                   "privnet.dev/connection-id": "db-1"})
+    sandbox_kube.reset_counters()
+    kube_activities.delete_policies(DeletePoliciesInput(org_id="acme", connection_id="db-1"))
+    assert sandbox_kube.write_count == 0
+    assert _stored(sandbox_kube) == before
+    assert "belongs to org 'globex'" in caplog.text and "left in place" in caplog.text
+
+
+def test_delete_carries_the_preconditions_it_read(
+    sandbox_kube: SandboxKube, kube_activities: KubernetesActivities
+) -> None:
+    kube_activities.apply_policies(_inp())
+    meta = _stored(sandbox_kube)["metadata"]
+    sandbox_kube.reset_counters()
+    kube_activities.delete_policies(DeletePoliciesInput(org_id="acme", connection_id="db-1"))
+    (delete,) = [r for r in sandbox_kube.requests if r.method == "DELETE"]
+    assert delete.body["preconditions"] == {
+        "uid": meta["uid"], "resourceVersion": meta["resourceVersion"]
+    }
+    assert delete.status == 200 and sandbox_kube.policies() == []
+
+
+@pytest.mark.parametrize("replacement", ["foreign", "ours-again"])
+def test_delete_never_removes_an_object_replaced_in_between(
+    sandbox_kube: SandboxKube, kube_activities: KubernetesActivities, replacement: str
+) -> None:
+    """Between privnet's GET and its DELETE the object is replaced (same name, new uid):
+    the precondition fails (409), privnet reads again and decides again."""
+    kube_activities.apply_policies(_inp())
+    kube_activities.conflict_backoff = 0.001
+    replaced: list[dict[str, Any]] = []
+
+    def replace_before_the_first_delete(method: str, path: str) -> None:
+        if method == "DELETE" and not replaced:
+            sandbox_kube.remove_object(CNP, "tasks", NAME)
+            labels = ({"privnet.dev/org-id": "globex", "privnet.dev/connection-id": "db-1"}
+                      if replacement == "foreign" else None)
+            if labels is None:
+                body = render_connection_policy("acme", "db-1", ["10.0.1.23"], namespace="tasks")
+                replaced.append(sandbox_kube.put_object(CNP, body))
+            else:
+                replaced.append(_squat(sandbox_kube, labels))
+
+    sandbox_kube.on_request = replace_before_the_first_delete
+    sandbox_kube.reset_counters()
+    kube_activities.delete_policies(DeletePoliciesInput(org_id="acme", connection_id="db-1"))
+    deletes = [r for r in sandbox_kube.requests if r.method == "DELETE"]
+    assert deletes[0].status == 409  # the precondition named the object that was replaced
+    if replacement == "foreign":
+        assert len(deletes) == 1
+        assert _stored(sandbox_kube) == replaced[0]  # never deleted, never changed
+    else:
+        assert [d.status for d in deletes] == [409, 200]
+        assert deletes[1].body["preconditions"]["uid"] == replaced[0]["metadata"]["uid"]
+        assert sandbox_kube.policies() == []
+
+
+
 def test_delete_twice_succeeds(
     sandbox_kube: SandboxKube, kube_activities_multi: KubernetesActivities
 ) -> None:
@@ -194,8 +291,10 @@ def test_delete_twice_succeeds(
     inp = DeletePoliciesInput(org_id="acme", connection_id="db-1")
     kube_activities_multi.delete_policies(inp)
     kube_activities_multi.delete_policies(inp)  # 404 in both namespaces = success
-    assert sandbox_kube.writes["delete"] == 4
-    assert [p["metadata"]["name"] for p in sandbox_kube.policies()] == ["privnet-other"] * 2
+    assert sandbox_kube.writes["delete"] == 2  # the second delete found nothing to delete
+    assert [p["metadata"]["name"] for p in sandbox_kube.policies()] == [
+        policy_name("acme", "other")
+    ] * 2
 
 
 def test_list_policies_by_org_label(
@@ -204,15 +303,21 @@ def test_list_policies_by_org_label(
     kube_activities_multi.apply_policies(_inp(org="acme", conn="a1"))
     kube_activities_multi.apply_policies(_inp(org="acme", conn="a2", ips=["10.0.1.2"]))
     kube_activities_multi.apply_policies(_inp(org="globex", conn="g1", ips=["10.0.1.3"]))
+    a1, a2, g1 = policy_name("acme", "a1"), policy_name("acme", "a2"), policy_name("globex", "g1")
     acme = kube_activities_multi.list_policies("acme")
     assert sorted((p["metadata"]["namespace"], p["metadata"]["name"]) for p in acme) == [
-        ("batch", "privnet-a1"), ("batch", "privnet-a2"),
-        ("tasks", "privnet-a1"), ("tasks", "privnet-a2"),
+        ("batch", a1), ("batch", a2), ("tasks", a1), ("tasks", a2),
     ]
     assert [p["metadata"]["name"] for p in kube_activities_multi.list_policies("globex")] == [
-        "privnet-g1", "privnet-g1"
+        g1, g1
     ]
     assert kube_activities_multi.list_policies("nobody") == []
+    everyone = kube_activities_multi.list_policies()  # the sweeper's view: every org
+    assert sorted({(p["metadata"]["labels"]["privnet.dev/org-id"],
+                    p["metadata"]["labels"]["privnet.dev/connection-id"]) for p in everyone}) == [
+        ("acme", "a1"), ("acme", "a2"), ("globex", "g1")
+    ]
+    assert len(everyone) == 6
 
     def names(selector: str) -> list[str]:
         items = custom_api.list_namespaced_custom_object(
@@ -220,12 +325,11 @@ def test_list_policies_by_org_label(
         )["items"]
         return sorted(i["metadata"]["name"] for i in items)
 
-    assert names("privnet.dev/org-id!=acme") == ["privnet-g1"]
-    assert names("privnet.dev/org-id in (acme, globex)") == ["privnet-a1", "privnet-a2",
-                                                             "privnet-g1"]
-    assert names("privnet.dev/org-id notin (acme),privnet.dev/connection-id") == ["privnet-g1"]
+    assert names("privnet.dev/org-id!=acme") == [g1]
+    assert names("privnet.dev/org-id in (acme, globex)") == sorted([a1, a2, g1])
+    assert names("privnet.dev/org-id notin (acme),privnet.dev/connection-id") == [g1]
     assert names("!privnet.dev/org-id") == []
-    assert names("privnet.dev/connection-id==a2") == ["privnet-a2"]
+    assert names("privnet.dev/connection-id==a2") == [a2]
     with pytest.raises(ApiException) as info:
         names("privnet.dev/org-id in (acme")
     assert info.value.status == 400
@@ -320,109 +424,7 @@ def test_invalid_worker_configuration_is_refused() -> None:
         KubernetesActivities(api, [])
 
 
-# --------------------------------------------------------------------------- the sandbox
-
-
-def test_sandbox_refuses_crd_invalid_bodies_with_422(
-    sandbox_kube: SandboxKube, custom_api: Any, crd_errors: CrdErrors
-) -> None:
-    good = render_connection_policy("acme", "db-1", ["10.0.1.23"], [443], namespace="tasks")
-    bad_bodies = []
-    for mutate in (
-        lambda b: b["spec"]["egress"][0].update(toCIDR=["10.0.1.23"]),
-        lambda b: b["spec"]["egress"][0].update(toCIDR=["not-a-cidr/33"]),
-        lambda b: b["spec"].pop("endpointSelector"),
-        lambda b: b["spec"]["egress"][0]["toPorts"][0]["ports"][0].update(protocol="HTTP"),
-        lambda b: b["spec"]["egress"][0]["toPorts"][0]["ports"][0].update(port=443),
-        lambda b: b["spec"]["endpointSelector"]["matchLabels"].update(bad="no spaces allowed"),
-        lambda b: b["spec"].update(egress="everything"),
-        lambda b: b["spec"]["egress"][0].update(toCIDRSet=[{"except": ["10.0.0.0/8"]}]),
-    ):
-        body = json.loads(json.dumps(good))
-        mutate(body)
-        bad_bodies.append(body)
-    for body in bad_bodies:
-        assert crd_errors(CNP, body) != [], body  # the real CRD refuses it too
-        with pytest.raises(ApiException) as info:
-            custom_api.create_namespaced_custom_object(G, V, "tasks", CNP, body)
-        assert info.value.status == 422, body
-        assert json.loads(info.value.body or "{}")["reason"] == "Invalid"
-    assert sandbox_kube.policies() == []
-    # ... and an update to an invalid body is refused as well, leaving the object intact.
-    custom_api.create_namespaced_custom_object(G, V, "tasks", CNP, good)
-    with pytest.raises(ApiException) as info:
-        custom_api.patch_namespaced_custom_object(
-            G, V, "tasks", CNP, "privnet-db-1", {"spec": {"egress": [{"toCIDR": ["x"]}]}}
-        )
-    assert info.value.status == 422
-    assert _stored(sandbox_kube)["spec"] == good["spec"]
-
-
-def test_sandbox_accepts_what_the_crd_accepts(
-    custom_api: Any, crd_errors: CrdErrors
-) -> None:
-    baseline = render_baseline_policy(["tasks"])
-    assert crd_errors(CCNP, baseline) == []
-    created = custom_api.create_cluster_custom_object(G, V, CCNP, baseline)
-    assert created["metadata"]["name"] == "privnet-baseline"
-
-
-def test_sandbox_optimistic_concurrency_and_existence(
-    sandbox_kube: SandboxKube, custom_api: Any
-) -> None:
-    body = render_connection_policy("acme", "db-1", ["10.0.1.23"], namespace="tasks")
-    created = custom_api.create_namespaced_custom_object(G, V, "tasks", CNP, body)
-    rv = created["metadata"]["resourceVersion"]
-    with pytest.raises(ApiException) as info:  # the name exists
-        custom_api.create_namespaced_custom_object(G, V, "tasks", CNP, body)
-    assert info.value.status == 409 and json.loads(info.value.body or "{}")["reason"] == "AlreadyExists"
-
-    updated = json.loads(json.dumps(created))
-    updated["spec"]["egress"][0]["toCIDR"] = ["10.0.1.24/32"]
-    ok = custom_api.replace_namespaced_custom_object(G, V, "tasks", CNP, "privnet-db-1", updated)
-    assert int(ok["metadata"]["resourceVersion"]) > int(rv)
-
-    stale = json.loads(json.dumps(updated))  # still carries the old resourceVersion
-    stale["spec"]["egress"][0]["toCIDR"] = ["10.0.1.25/32"]
-    with pytest.raises(ApiException) as info:
-        custom_api.replace_namespaced_custom_object(G, V, "tasks", CNP, "privnet-db-1", stale)
-    assert info.value.status == 409 and json.loads(info.value.body or "{}")["reason"] == "Conflict"
-    with pytest.raises(ApiException) as info:
-        custom_api.patch_namespaced_custom_object(
-            G, V, "tasks", CNP, "privnet-db-1", {"metadata": {"resourceVersion": rv}}
-        )
-    assert info.value.status == 409
-    assert _stored(sandbox_kube)["spec"]["egress"][0]["toCIDR"] == ["10.0.1.24/32"]
-
-    for call in (
-        lambda: custom_api.get_namespaced_custom_object(G, V, "tasks", CNP, "missing"),
-        lambda: custom_api.replace_namespaced_custom_object(G, V, "tasks", CNP, "missing", body),
-        lambda: custom_api.patch_namespaced_custom_object(G, V, "tasks", CNP, "missing", {}),
-        lambda: custom_api.delete_namespaced_custom_object(G, V, "tasks", CNP, "missing"),
-    ):
-        with pytest.raises(ApiException) as info:
-            call()
-        assert info.value.status == 404
-
-
-def test_sandbox_no_op_write_keeps_the_resource_version(custom_api: Any) -> None:
-    body = render_connection_policy("acme", "db-1", ["10.0.1.23"], namespace="tasks")
-    created = custom_api.create_namespaced_custom_object(G, V, "tasks", CNP, body)
-    same = custom_api.replace_namespaced_custom_object(G, V, "tasks", CNP, "privnet-db-1", created)
-    assert same["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
-    assert same["metadata"]["generation"] == 1
-
-
-def test_sandbox_discovery_for_the_official_client(kube_api_client: client.ApiClient) -> None:
-    groups = client.ApisApi(kube_api_client).get_api_versions()
-    assert [g.name for g in groups.groups] == ["cilium.io"]
-    resources = client.CustomObjectsApi(kube_api_client).get_api_resources(G, V)
-    assert {(r.name, r.namespaced) for r in resources.resources} == {
-        (CNP, True), (CCNP, False)
-    }
-    items = client.CoreV1Api(kube_api_client).list_namespace().items
-    names = [n.metadata.name for n in items if n.metadata]
-    assert {"tasks", "batch", "kube-system"} <= set(names)
+# --------------------------------------------------------------------------- settings
 
 
 def test_from_settings_with_kube_url_and_with_a_kubeconfig(
@@ -451,22 +453,3 @@ def test_from_settings_with_kube_url_and_with_a_kubeconfig(
     assert _stored(sandbox_kube, "batch")["spec"]["endpointSelector"] == {
         "matchLabels": {"example.com/tenant": "acme"}
     }
-
-
-def test_sandbox_runs_standalone() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sandbox.kube", "--port", "0", "--namespace", "jobs"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )
-    try:
-        assert proc.stdout is not None
-        url = json.loads(proc.stdout.readline())["kube_url"]
-        with urllib.request.urlopen(f"{url}/api/v1/namespaces/jobs", timeout=5) as resp:
-            assert json.load(resp)["metadata"]["name"] == "jobs"
-        proc.terminate()
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

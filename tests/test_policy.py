@@ -3,7 +3,9 @@ against the upstream Cilium CRD schemas, and the deploy/ manifests that carry th
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,13 @@ from activities.policy import (
     render_connection_policy,
 )
 from sandbox.kube import SandboxKube
-from workflows.contracts import ApplyPoliciesInput, InvalidInput
+from workflows.contracts import (
+    CONNECTION_ID_RE,
+    ORG_ID_RE,
+    ApplyPoliciesInput,
+    InvalidInput,
+    policy_name,
+)
 
 pytest_plugins = ["tests.kube_fixtures"]
 
@@ -114,6 +122,68 @@ def test_any_valid_input_renders_a_crd_valid_host_only_policy(
         assert "toPorts" not in rule
 
 
+# --------------------------------------------------------------------------- names
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _ids(middle: str, min_middle: int, max_middle: int) -> st.SearchStrategy[str]:
+    """Ids from a tiny alphabet (alphanumeric ends), so that separators, dots, underscores,
+    long ids and near-collisions come up often."""
+    ends = st.sampled_from("ab1")
+    return st.builds(lambda a, m, b: a + m + b, ends,
+                     st.text(middle, min_size=min_middle, max_size=max_middle), ends)
+
+
+_org_ids = st.one_of(st.from_regex(ORG_ID_RE, fullmatch=True), st.sampled_from("ab"),
+                     _ids("ab-._", 0, 6), _ids("a-", 38, 61))
+_connection_ids = st.one_of(st.from_regex(CONNECTION_ID_RE, fullmatch=True),
+                            st.sampled_from("ab"), _ids("ab-", 0, 6), _ids("b-", 18, 38))
+
+
+@given(_org_ids, _connection_ids)
+def test_policy_name_is_a_deterministic_dns_label(org: str, conn: str) -> None:
+    assert ORG_ID_RE.match(org) and CONNECTION_ID_RE.match(conn)  # the generators are valid
+    name = policy_name(org, conn)
+    assert _DNS_LABEL.match(name), name
+    assert name == policy_name(org, conn)
+    if "--" not in name:  # the hashed form: the hash is of both ids, never cut from them
+        digest = hashlib.sha256(f"{org}/{conn}".encode()).hexdigest()[:20]
+        assert name.endswith(f"-{digest}")
+    else:  # the readable form reads back to the pair
+        assert name == f"privnet-{org}--{conn}"
+        assert name.removeprefix("privnet-").split("--", 1) == [org, conn]
+
+
+@given(st.lists(st.tuples(_org_ids, _connection_ids), min_size=2, max_size=40, unique=True))
+def test_policy_name_is_injective(pairs: list[tuple[str, str]]) -> None:
+    names = [policy_name(org, conn) for org, conn in pairs]
+    assert len(set(names)) == len(pairs), sorted(zip(names, pairs, strict=True))
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        [("a-b", "c"), ("a", "b-c")],
+        [("a--b", "c"), ("a", "b--c")],
+        [("x.y", "z"), ("x-y", "z"), ("x_y", "z")],
+        [("acme", "db"), ("globex", "db")],
+        [("o" * 63, "c" * 39 + "1"), ("o" * 63, "c" * 39 + "2"), ("o" * 62 + "p", "c" * 40)],
+    ],
+)
+def test_policy_names_of_lookalike_pairs_differ(pairs: list[tuple[str, str]]) -> None:
+    names = {policy_name(org, conn) for org, conn in pairs}
+    assert len(names) == len(pairs) and all(_DNS_LABEL.match(n) for n in names)
+
+
+def test_policy_name_examples() -> None:
+    assert policy_name("acme", "db") == "privnet-acme--db"
+    assert policy_name("acme-corp", "orders-db") == "privnet-acme-corp--orders-db"
+    hashed = policy_name("x.y_z", "c0")
+    assert hashed.startswith("privnet-x-y-z-c0-") and len(hashed) == 37
+    assert len(policy_name("o" * 63, "c" * 40)) <= 63
+
+
 # --------------------------------------------------------------------------- structure
 
 
@@ -122,7 +192,7 @@ def test_connection_policy_structure() -> None:
     assert policy["apiVersion"] == "cilium.io/v2"
     assert policy["kind"] == "CiliumNetworkPolicy"
     assert policy["metadata"] == {
-        "name": "privnet-db-1",
+        "name": "privnet-acme--db-1",
         "namespace": "tasks",
         "labels": {
             "privnet.dev/org-id": "acme",

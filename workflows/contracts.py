@@ -7,6 +7,7 @@ inside the Temporal sandbox, activities and starters import it directly.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -39,8 +40,37 @@ def org_guard_workflow_id(org_id: str) -> str:
     return f"privnet-org:{org_id}"
 
 
-def policy_name(connection_id: str) -> str:
-    return f"privnet-{connection_id}"
+def policy_name(org_id: str, connection_id: str) -> str:
+    """The name of a connection's CiliumNetworkPolicy: a DNS-1123 label (≤ 63 chars) that
+    is distinct for every distinct (org, connection), because connection ids are unique
+    only within an org.
+
+    * ``privnet-<org>--<connection>`` when the org id has no ``_``, ``.`` or ``--`` and the
+      name fits: the first ``--`` after ``privnet-`` separates the two, so the pair can be
+      read back (injective without a hash);
+    * otherwise ``privnet-<org'>-<connection'>-<hash>``: ``org'``/``connection'`` are the ids
+      with ``_``/``.`` as ``-``, runs of ``-`` collapsed, cut to 16/12 characters (for
+      reading only); ``hash`` is 20 hex digits (80 bits) of SHA-256 over the full
+      ``org/connection`` (``/`` is in neither id). These names never contain ``--``, so they
+      cannot equal a name of the first form.
+
+    The ids themselves stay in the labels ``privnet.dev/org-id`` and
+    ``privnet.dev/connection-id``, which decide ownership.
+    """
+    readable = f"privnet-{org_id}--{connection_id}"
+    if len(readable) <= 63 and "--" not in org_id and not _NON_LABEL.search(org_id):
+        return readable
+    digest = hashlib.sha256(f"{org_id}/{connection_id}".encode()).hexdigest()[:20]
+    org_part = _squash(org_id)[:16].strip("-")
+    connection_part = _squash(connection_id)[:12].strip("-")
+    return f"privnet-{org_part}-{connection_part}-{digest}"
+
+
+_NON_LABEL = re.compile(r"[_.]")
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"-+", "-", _NON_LABEL.sub("-", text))
 
 
 class InvalidInput(ValueError):

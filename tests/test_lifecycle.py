@@ -210,8 +210,8 @@ async def test_kubernetes_errors_during_drift_degrade_without_teardown(
     inp = real_input(world, org, conn, world.seed.customer_services["allowed"], **FAST_DRIFT)
     handle = await start(temporal_client, inp, world.task_queue)
     await _wait_store(world, org, conn, "Active")
-    # The API server fails the next 40 policy requests, then answers again.
-    world.kube.inject_error(500, path_contains="ciliumnetworkpolicies", times=40)
+    # The API server fails the next 15 policy requests, then answers again.
+    world.kube.inject_error(500, path_contains="ciliumnetworkpolicies", times=15)
     await _wait_store(world, org, conn, "Degraded", within=30)
     await asyncio.to_thread(_intact, world, org, conn)
     await _wait_store(world, org, conn, "Active", within=60)

@@ -333,12 +333,15 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
     async def _create_and_remember(self, arg: CreateEndpointInput) -> EndpointRef:
         """The create, remembering its result even if the workflow is cancelled meanwhile:
         the undo then deletes exactly this endpoint (not only what a tag lookup finds)."""
+        window = self._inp.options.visibility_window
         try:
             ref: EndpointRef = await self._activity(
                 ACT_CREATE_ENDPOINT, arg, EndpointRef, summary="create the interface VPC endpoint"
             )
-        finally:
-            self._visible_by = workflow.now() + self._inp.options.visibility_window
+        except ActivityError:
+            self._visible_by = workflow.now() + window  # it may exist all the same
+            raise
+        self._visible_by = workflow.now() + window
         self._state.vpc_endpoint_id = ref.vpc_endpoint_id
         return ref
 

@@ -83,7 +83,7 @@ class InvalidInput(ValueError):
 
 
 def validate_org_id(org_id: str) -> str:
-    if not isinstance(org_id, str) or not ORG_ID_RE.match(org_id):
+    if not isinstance(org_id, str) or not ORG_ID_RE.fullmatch(org_id):
         raise InvalidInput(
             "INVALID_ORG_ID",
             f"org id {org_id!r} is not a valid Kubernetes label value: use 1-63 lowercase "
@@ -93,7 +93,7 @@ def validate_org_id(org_id: str) -> str:
 
 
 def validate_connection_id(connection_id: str) -> str:
-    if not isinstance(connection_id, str) or not CONNECTION_ID_RE.match(connection_id):
+    if not isinstance(connection_id, str) or not CONNECTION_ID_RE.fullmatch(connection_id):
         raise InvalidInput(
             "INVALID_CONNECTION_ID",
             f"connection id {connection_id!r} is invalid: use 1-40 lowercase letters, digits "
@@ -104,7 +104,7 @@ def validate_connection_id(connection_id: str) -> str:
 
 def parse_service_region(service_name: str) -> str:
     """Region of an endpoint service, parsed from its name."""
-    m = SERVICE_NAME_RE.match(service_name or "")
+    m = SERVICE_NAME_RE.fullmatch(service_name or "")
     if not m:
         raise InvalidInput(
             "INVALID_SERVICE_NAME",
@@ -115,7 +115,7 @@ def parse_service_region(service_name: str) -> str:
 
 
 def validate_region(region: str) -> str:
-    if not isinstance(region, str) or not REGION_RE.match(region):
+    if not isinstance(region, str) or not REGION_RE.fullmatch(region):
         raise InvalidInput(
             "INVALID_REGION", f"region {region!r} is not an AWS region name such as us-east-1"
         )

@@ -75,6 +75,19 @@ class Settings(BaseSettings):
     default_org_limit: int = 2
     acceptance_timeout_seconds: float = 7 * 24 * 3600
     drift_check_interval_seconds: float = 600
+    endpoint_first_poll_seconds: float = Field(
+        20, description="after the immediate look, the next one waits this long (AWS takes "
+        "30-150 s to make an interface endpoint available)"
+    )
+    endpoint_poll_interval_seconds: float = Field(
+        8, description="then look this often: bounds the delay from available to Active"
+    )
+    acceptance_first_poll_seconds: float = Field(
+        30, description="first look at a pendingAcceptance endpoint; then ever less often"
+    )
+    acceptance_poll_max_interval_seconds: float = Field(
+        300, description="longest wait between two looks while the customer has not accepted"
+    )
     drift_not_found_grace_seconds: float = Field(
         600, description="an Active connection ends only after NotFound on looks this long"
     )

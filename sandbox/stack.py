@@ -184,6 +184,10 @@ class Stack:
             "PRIVNET_API_TOKENS": json.dumps([token]),
             "PRIVNET_API_HOST": "127.0.0.1",
             "PRIVNET_API_PORT": str(api_port),
+            # The sandbox makes endpoints available in SANDBOX_DELAYS["pending"] seconds,
+            # not AWS's 30-150: the poll schedule follows.
+            "PRIVNET_ENDPOINT_FIRST_POLL_SECONDS": str(SANDBOX_DELAYS["pending"]),
+            "PRIVNET_ENDPOINT_POLL_INTERVAL_SECONDS": str(SANDBOX_DELAYS["pending"]),
         }
         if self.with_worker:
             self._spawn("worker", ["worker"], env)

@@ -181,6 +181,12 @@ def connection_options(settings: Settings) -> ConnectionOptions:
     return ConnectionOptions(
         acceptance_timeout=timedelta(seconds=settings.acceptance_timeout_seconds),
         drift_check_interval=timedelta(seconds=settings.drift_check_interval_seconds),
+        pending_first_look=timedelta(seconds=settings.endpoint_first_poll_seconds),
+        pending_poll_interval=timedelta(seconds=settings.endpoint_poll_interval_seconds),
+        acceptance_first_look=timedelta(seconds=settings.acceptance_first_poll_seconds),
+        acceptance_poll_max_interval=timedelta(
+            seconds=settings.acceptance_poll_max_interval_seconds
+        ),
         not_found_grace=timedelta(seconds=settings.drift_not_found_grace_seconds),
         visibility_window=timedelta(seconds=settings.endpoint_visibility_window_seconds),
         cleanup_max_backoff=timedelta(seconds=settings.cleanup_max_backoff_seconds),

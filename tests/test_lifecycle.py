@@ -76,8 +76,9 @@ async def _wait_store(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while (got := await _store_status(world, org, conn)) != status:
-        if loop.time() > deadline:
-            raise AssertionError(f"{org}/{conn} is {got}, never {status}")
+        if loop.time() > deadline or got in ("Failed", "Deleted", "Cancelled", "Rejected"):
+            view = await asyncio.to_thread(world.store.get, org, conn)
+            raise AssertionError(f"{org}/{conn} is {got}, never {status}: {view}")
         await asyncio.sleep(0.1)
 
 

@@ -43,6 +43,9 @@ def fast_options(**overrides: Any) -> ConnectionOptions:
         "poll_initial_interval": timedelta(milliseconds=200),
         "poll_max_interval": timedelta(seconds=1),
         "acceptance_poll_max_interval": timedelta(seconds=1),
+        "pending_first_look": timedelta(milliseconds=200),
+        "pending_poll_interval": timedelta(milliseconds=300),
+        "acceptance_first_look": timedelta(milliseconds=200),
         "slot_decision_timeout": timedelta(seconds=20),
         "drift_check_interval": timedelta(hours=1),
     }
@@ -106,4 +109,6 @@ async def save_history(handle: WorkflowHandle, name: str) -> None:
         return
     history = await handle.fetch_history()
     HISTORIES.mkdir(exist_ok=True)
+    # A suffix records a new generation beside the old ones (which must keep replaying).
+    name += os.environ.get("PRIVNET_RECORD_SUFFIX", "")
     (HISTORIES / f"{name}.json").write_text(history.to_json())

@@ -17,7 +17,7 @@ import asyncio
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.contracts import (
@@ -230,7 +230,7 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
         self._check_stop()
         try:
             await self._record(S.ACTIVE, f"reachable at {', '.join(addresses.ips)}", strict=True)
-        except ActivityError as err:
+        except (ActivityError, ApplicationError) as err:  # a local activity fails bare
             if is_cancellation(err):
                 raise
             raise failure_of(err, Reason.ACTIVATION_FAILED, "marking the connection Active") from None

@@ -243,6 +243,15 @@ class ConnectionOptions(BaseModel):
     # While the customer has not accepted yet, poll less often: a 7-day wait at the
     # 30 s cap would cost ~20,000 DescribeVpcEndpoints calls (`privnet retry` skips ahead).
     acceptance_poll_max_interval: timedelta = timedelta(minutes=5)
+    # The poll schedule, shaped by how long AWS takes (an interface endpoint is available
+    # 30-150 s after its create): one look at once (an endpoint already available is seen
+    # at once), the next after ``pending_first_look``, then every ``pending_poll_interval``
+    # (the bound on the delay between AWS reporting available and the connection going
+    # Active). A pendingAcceptance endpoint is looked at after ``acceptance_first_look``,
+    # then ever less often up to ``acceptance_poll_max_interval``.
+    pending_first_look: timedelta = timedelta(seconds=20)
+    pending_poll_interval: timedelta = timedelta(seconds=8)
+    acceptance_first_look: timedelta = timedelta(seconds=30)
     # EC2 is eventually consistent: for this long after our CreateVpcEndpoint returned, a
     # NotFound for the new endpoint id is retried, not taken as "deleted".
     visibility_window: timedelta = timedelta(minutes=5)

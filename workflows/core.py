@@ -59,6 +59,10 @@ UNDO_RETRY = RetryPolicy(
 )
 STEP_DEADLINE = timedelta(minutes=15)  # all attempts of a forward step
 
+# workflow.patched markers: running histories recorded before a change replay unchanged.
+PATCH_LOCAL_STATUS_WRITES = "status-writes-as-local-activities"
+PATCH_SHAPED_POLLS = "poll-schedule-shaped-by-aws"
+
 
 class StopRequested(Exception):
     """``delete`` or ``cancel`` arrived: leave the forward path for compensation."""
@@ -217,13 +221,21 @@ class ConnectionCore:
         )
         # The seq is consumed even if the write fails, so a later write always wins.
         self._state.seq = seq
-        await self._activity(
-            ACT_RECORD_STATUS,
-            rec,
-            None,
-            summary=f"record status {status.value}",
-            retry=STEP_RETRY if strict else FOREVER_RETRY,
-        )
+        retry = STEP_RETRY if strict else FOREVER_RETRY
+        summary = f"record status {status.value}"
+        if workflow.patched(PATCH_LOCAL_STATUS_WRITES):
+            # A local activity: one store write needs no task queue round trip and no
+            # workflow task of its own (half of a connection's activities are these).
+            await workflow.execute_local_activity(
+                ACT_RECORD_STATUS,
+                rec,
+                start_to_close_timeout=timedelta(seconds=10),
+                schedule_to_close_timeout=STEP_DEADLINE if strict else None,
+                retry_policy=retry,
+                summary=summary,
+            )
+        else:  # histories recorded before the patch
+            await self._activity(ACT_RECORD_STATUS, rec, None, summary=summary, retry=retry)
         self._state.status = status
         self._state.step = detail
         workflow.upsert_search_attributes([SA_STATUS.value_set(status.value)])

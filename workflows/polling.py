@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.contracts import (
         ACT_GET_ENDPOINT_ADDRESSES,
         ACT_WAIT_FOR_STATE_CHANGE,
+        ENDPOINT_NOT_VISIBLE_YET,
         NON_RETRYABLE_TYPES,
         STATE_UNCHANGED,
         ConnectionStatus,
@@ -35,7 +36,7 @@ with workflow.unsafe.imports_passed_through():
         WaitStateInput,
     )
 
-from workflows.core import ConnectionCore, StopRequested
+from workflows.core import PATCH_SHAPED_POLLS, ConnectionCore, StopRequested
 from workflows.errors import (
     ConnectionFailed,
     error_type,
@@ -114,9 +115,29 @@ class EndpointPoller(ConnectionCore):
 
     async def _poll_until(self, endpoint_id: str, last: str, deadline: datetime) -> EndpointState:
         """Poll until the state differs from ``last``, or fail at the deadline."""
+        schedule = self._schedule(last)
+        if workflow.patched(PATCH_SHAPED_POLLS):
+            if last.lower() != "pendingacceptance":
+                # One look at once: an endpoint may already be available.
+                seen = await self._look_once(endpoint_id, last)
+                if seen is not None:
+                    return seen
+            first = (
+                self._inp.options.acceptance_first_look
+                if last.lower() == "pendingacceptance"
+                else self._inp.options.pending_first_look
+            )
+            pause = min(first, deadline - workflow.now())
+            if pause > timedelta(0):
+                await self._wait_for_wake(pause, "first look")
+                self._check_stop()
+        else:  # histories recorded before the schedule was shaped
+            schedule = self._legacy_schedule(last)
         try:
             return await self._interruptible(
-                functools.partial(self._poll, endpoint_id, last, deadline - workflow.now())
+                functools.partial(
+                    self._poll, endpoint_id, last, deadline - workflow.now(), schedule
+                )
             )
         except ActivityError as err:
             if is_cancellation(err):
@@ -129,21 +150,58 @@ class EndpointPoller(ConnectionCore):
         if left > timedelta(0):
             await self._wait_for_wake(left, "deadline of the wait")
             self._check_stop()
+        seen = await self._look_once(endpoint_id, last)
+        if seen is None:
+            raise self._wait_timeout(last.lower(), endpoint_id)
+        return seen
+
+    async def _look_once(self, endpoint_id: str, last: str) -> EndpointState | None:
+        """One DescribeVpcEndpoints: the new state, or None while it is still ``last``."""
         try:
-            return await self._poll(endpoint_id, last, None)
+            return await self._poll(endpoint_id, last, None, self._schedule(last))
         except ActivityError as err:
             if is_cancellation(err):
                 raise
-            if error_type(err) == STATE_UNCHANGED:
-                raise self._wait_timeout(last.lower(), endpoint_id) from None
+            if error_type(err) in (STATE_UNCHANGED, ENDPOINT_NOT_VISIBLE_YET):
+                return None  # nothing new yet
             raise failure_of(err, Reason.ENDPOINT_FAILED, "waiting for the endpoint") from None
 
-    async def _poll(
-        self, endpoint_id: str, last: str, budget: timedelta | None
-    ) -> EndpointState:
-        """One poll loop: retries with capped backoff until the state differs from ``last``;
-        ``budget`` None means a single look."""
+    def _schedule(self, last: str) -> RetryPolicy:
+        """The poll loop's retry policy for a state: constant while AWS provisions, growing
+        while the customer has not accepted."""
         opts = self._inp.options
+        if last.lower() == "pendingacceptance":
+            return RetryPolicy(
+                initial_interval=opts.acceptance_first_look,
+                backoff_coefficient=2.0,
+                maximum_interval=max(opts.acceptance_poll_max_interval, opts.acceptance_first_look),
+                non_retryable_error_types=NON_RETRYABLE_TYPES,
+            )
+        return RetryPolicy(
+            initial_interval=opts.pending_poll_interval,
+            backoff_coefficient=1.0,
+            maximum_interval=opts.pending_poll_interval,
+            non_retryable_error_types=NON_RETRYABLE_TYPES,
+        )
+
+    def _legacy_schedule(self, last: str) -> RetryPolicy:
+        opts = self._inp.options
+        return RetryPolicy(
+            initial_interval=opts.poll_initial_interval,
+            backoff_coefficient=1.5,
+            maximum_interval=(
+                opts.acceptance_poll_max_interval
+                if last.lower() == "pendingacceptance"
+                else opts.poll_max_interval
+            ),
+            non_retryable_error_types=NON_RETRYABLE_TYPES,
+        )
+
+    async def _poll(
+        self, endpoint_id: str, last: str, budget: timedelta | None, schedule: RetryPolicy
+    ) -> EndpointState:
+        """One poll loop: retries on ``schedule`` until the state differs from ``last``;
+        ``budget`` None means a single look."""
         state: EndpointState = await self._activity(
             ACT_WAIT_FOR_STATE_CHANGE,
             WaitStateInput(
@@ -155,14 +213,10 @@ class EndpointPoller(ConnectionCore):
             EndpointState,
             summary=f"poll endpoint state (was {last})",
             retry=RetryPolicy(
-                initial_interval=opts.poll_initial_interval,
-                backoff_coefficient=1.5,
-                maximum_interval=(
-                    opts.acceptance_poll_max_interval
-                    if last.lower() == "pendingacceptance"
-                    else opts.poll_max_interval
-                ),
-                non_retryable_error_types=NON_RETRYABLE_TYPES,
+                initial_interval=schedule.initial_interval,
+                backoff_coefficient=schedule.backoff_coefficient,
+                maximum_interval=schedule.maximum_interval,
+                non_retryable_error_types=schedule.non_retryable_error_types,
                 maximum_attempts=0 if budget is not None else 1,
             ),
             schedule_to_close=budget,

@@ -37,6 +37,15 @@ class Settings(BaseSettings):
     temporal_tls_key: str | None = Field(None, description="Path to the client key (mTLS)")
     temporal_api_key: str | None = Field(None, description="Temporal Cloud API key")
     task_queue: str = "privnet"
+    guard_task_queue: str | None = Field(
+        None, description="org guards' own queue; default '<task_queue>-guards'"
+    )
+    worker_activity_slots: int = Field(
+        64, description="activities one worker runs at once (threads for the sync ones)"
+    )
+    worker_cache_size: int = Field(
+        1500, description="connection workflows a worker keeps in its sticky cache"
+    )
     temporal_ui_url: str = "http://localhost:8233"
 
     # Store
@@ -97,7 +106,7 @@ class Settings(BaseSettings):
     cleanup_max_backoff_seconds: float = Field(
         600, description="compensation blocked by an operator-fixable error retries this often"
     )
-    slot_decision_timeout_seconds: float = 60
+    slot_decision_timeout_seconds: float = 300
     guard_leak_check_interval_seconds: float = 300
 
     # HTTP API. A JSON list (each token acts for every org, as the dashboard backend does)
@@ -134,6 +143,12 @@ class Settings(BaseSettings):
         if value is None:
             return []
         return list(value) if isinstance(value, list) else [value]
+
+    @property
+    def guard_queue(self) -> str:
+        """Org guards run on their own task queue: their decisions never wait behind
+        connection tasks, and they stay out of the connections' sticky cache."""
+        return self.guard_task_queue or f"{self.task_queue}-guards"
 
     @property
     def acceptance_timeout(self) -> timedelta:

@@ -218,10 +218,36 @@ def real_activities(client: Client, settings: Settings) -> list[object]:
         KubernetesActivities.from_settings(settings),
         StoreActivities(store),
         OrgSlotActivities(store),
-        GuardActivities(client, settings.task_queue, settings.guard_leak_check_interval_seconds),
+        GuardActivities(client, settings.guard_queue, settings.guard_leak_check_interval_seconds),
         PreflightActivities(settings, store),
         SweeperActivities(settings, store, client),
     ]
+
+
+class Workers:
+    """The worker process's Temporal workers, started and stopped together: connections on
+    the task queue, org guards on their own queue (``Settings.guard_queue``), so a guard's
+    decisions never wait behind hundreds of connection tasks and guards stay out of the
+    connections' sticky cache."""
+
+    def __init__(self, workers: Sequence[Worker]) -> None:
+        self.workers = list(workers)
+
+    async def __aenter__(self) -> Workers:
+        started: list[Worker] = []
+        try:
+            for w in self.workers:
+                await w.__aenter__()
+                started.append(w)
+        except BaseException:
+            for w in reversed(started):
+                await w.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        for w in reversed(self.workers):
+            await w.__aexit__(*exc)
 
 
 def build_worker(
@@ -230,27 +256,45 @@ def build_worker(
     *,
     activities: Sequence[object] | None = None,
     task_queue: str | None = None,
-    max_concurrent_activities: int = 64,
+    max_concurrent_activities: int | None = None,
     extra_workflows: Sequence[type] = (),
-    max_cached_workflows: int = 1000,
-) -> Worker:
-    """A worker for every workflow; ``activities`` are activity-class instances (default:
-    the real adapters from settings; tests inject fakes registered under the same names)."""
+    max_cached_workflows: int | None = None,
+) -> Workers:
+    """The workers for every workflow; ``activities`` are activity-class instances (default:
+    the real adapters from settings; tests inject fakes registered under the same names).
+    Both workers register every activity (the guard's local activities run where it runs)."""
     objs = list(activities) if activities is not None else real_activities(client, settings)
     interceptors: list[Interceptor] = [LogContextInterceptor()]
     if settings.failpoints:
         interceptors.append(Failpoints(settings.failpoints, settings.failpoint_log))
-    return Worker(
+    queue = task_queue or settings.task_queue
+    slots = max_concurrent_activities or settings.worker_activity_slots
+    executor = ThreadPoolExecutor(max_workers=slots)
+    common: dict[str, Any] = {
+        "activities": activities_of(*objs),
+        "activity_executor": executor,
+        "interceptors": interceptors,
+        "graceful_shutdown_timeout": timedelta(seconds=10),
+    }
+    cache = settings.worker_cache_size if max_cached_workflows is None else max_cached_workflows
+    connections = Worker(
         client,
-        task_queue=task_queue or settings.task_queue,
+        task_queue=queue,
+        # OrgGuardWorkflow too: guards started on this queue before it had its own.
         workflows=[*WORKFLOWS, *extra_workflows],
-        max_cached_workflows=max_cached_workflows,
-        activities=activities_of(*objs),
-        activity_executor=ThreadPoolExecutor(max_workers=max_concurrent_activities),
-        max_concurrent_activities=max_concurrent_activities,
-        interceptors=interceptors,
-        graceful_shutdown_timeout=timedelta(seconds=10),
+        max_cached_workflows=cache,
+        max_concurrent_activities=slots,
+        **common,
     )
+    guards = Worker(
+        client,
+        task_queue=f"{queue}-guards" if task_queue else settings.guard_queue,
+        workflows=[OrgGuardWorkflow],
+        max_cached_workflows=min(cache, 500),
+        max_concurrent_activities=max(4, slots // 8),
+        **common,
+    )
+    return Workers([connections, guards])
 
 
 async def run_worker(settings: Settings | None = None) -> None:

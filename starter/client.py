@@ -767,7 +767,7 @@ class ConnectionsClient:
                 ),
             ),
             id=org_guard_workflow_id(org_id),
-            task_queue=self.settings.task_queue,
+            task_queue=self.settings.guard_queue,
             start_signal=SIGNAL_SET_LIMIT,
             start_signal_args=[SetLimitRequest(limit=limit)],
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

@@ -30,7 +30,7 @@ from starter.client import ConnectionsClient
 from tests.exploding_workflow import ExplodingConnection
 from tests.realstack import RealWorld, make_world, policy_ips, real_input
 from tests.wfutil import query, save_history, start, uid
-from worker import activities_of, real_activities
+from worker import Workers, activities_of, real_activities
 from workflows.contracts import (
     SA_STATUS,
     SIGNAL_CANCEL,
@@ -386,14 +386,23 @@ async def test_an_unexpected_exception_still_compensates(
 ) -> None:
     tq = uid("explode")
     settings = world.settings(task_queue=tq)
-    worker = Worker(
-        temporal_client,
-        task_queue=tq,
-        workflows=[ExplodingConnection, OrgGuardWorkflow],
-        activities=activities_of(*real_activities(temporal_client, settings)),
-        activity_executor=ThreadPoolExecutor(8),
+    activities = activities_of(*real_activities(temporal_client, settings))
+    workers = Workers(
+        [
+            Worker(
+                temporal_client,
+                task_queue=queue,
+                workflows=workflows,
+                activities=activities,
+                activity_executor=ThreadPoolExecutor(8),
+            )
+            for queue, workflows in (
+                (tq, [ExplodingConnection]),
+                (settings.guard_queue, [OrgGuardWorkflow]),
+            )
+        ]
     )
-    async with worker:
+    async with workers:
         org, conn = uid("boom"), uid("c")
         inp = real_input(world, org, conn, world.seed.customer_services["allowed"])
         handle = await start(temporal_client, inp, tq)

@@ -233,7 +233,7 @@ class ConnectionOptions(BaseModel):
 
     acceptance_timeout: timedelta = timedelta(days=7)
     drift_check_interval: timedelta = timedelta(minutes=10)
-    slot_decision_timeout: timedelta = timedelta(seconds=60)
+    slot_decision_timeout: timedelta = timedelta(minutes=5)
     default_org_limit: int = 2
     # One attempt of a forward step (a dead worker's attempt is retried after this).
     step_timeout: timedelta = timedelta(seconds=60)

@@ -576,24 +576,36 @@ class AwsActivities:
                 type=STATE_UNCHANGED,
                 category=ApplicationErrorCategory.BENIGN,
             )
-        return EndpointState(vpc_endpoint_id=input.vpc_endpoint_id, state=state, attempt=_attempt())
+        # Available: read the ENI IPs now, saving the workflow a step and AWS a describe.
+        addresses = self._addresses(input.region, ep) if state.lower() == "available" else None
+        return EndpointState(
+            vpc_endpoint_id=input.vpc_endpoint_id,
+            state=state,
+            attempt=_attempt(),
+            addresses=addresses,
+        )
 
     @activity.defn(name=ACT_GET_ENDPOINT_ADDRESSES)
     def get_endpoint_addresses(self, input: EndpointAddressesInput) -> EndpointAddresses:
         ep = self._describe(input.region, input.vpc_endpoint_id, input.not_found_retry_until)
+        return self._addresses(input.region, ep)
+
+    def _addresses(self, region: str, ep: dict[str, Any]) -> EndpointAddresses:
+        """The private IPs of an endpoint's ENIs (one DescribeNetworkInterfaces)."""
+        endpoint_id = str(ep["VpcEndpointId"])
         eni_ids = list(ep.get("NetworkInterfaceIds") or [])
         ips: list[str] = []
         if eni_ids:
-            ctx = self._ctx(region=input.region, endpoint_id=input.vpc_endpoint_id)
+            ctx = self._ctx(region=region, endpoint_id=endpoint_id)
             with self._aws("DescribeNetworkInterfaces", ctx):
-                enis = self._pages(input.region, "describe_network_interfaces",
+                enis = self._pages(region, "describe_network_interfaces",
                                    "NetworkInterfaces", NetworkInterfaceIds=eni_ids)
             ips = sorted(
                 {e["PrivateIpAddress"] for e in enis if e.get("PrivateIpAddress")},
                 key=lambda ip: tuple(int(p) for p in ip.split(".")) if "." in ip else (ip,),
             )
         return EndpointAddresses(
-            vpc_endpoint_id=input.vpc_endpoint_id,
+            vpc_endpoint_id=endpoint_id,
             state=str(ep["State"]),
             ips=ips,
             dns_names=[d["DnsName"] for d in ep.get("DnsEntries") or [] if d.get("DnsName")],

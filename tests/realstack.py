@@ -122,13 +122,16 @@ class RealWorld:
         path = self.failpoint_log
         return path.read_text().splitlines() if path.exists() else []
 
-    def wait_failpoints(self, n: int, within: float = 90) -> list[str]:
+    def wait_failpoints(self, expected: set[tuple[str, str]], within: float = 90) -> None:
+        """Until every (activity, connection id) in ``expected`` holds a worker."""
         deadline = time.monotonic() + within
-        while len(hits := self.failpoints_hit()) < n:
+        while True:
+            hit = {tuple(line.split()[::2]) for line in self.failpoints_hit()}
+            if expected <= hit:
+                return
             if time.monotonic() > deadline:
-                raise AssertionError(f"only {len(hits)} of {n} failpoints reached: {hits}")
+                raise AssertionError(f"failpoints never reached: {sorted(expected - hit)}")
             time.sleep(0.05)
-        return hits
 
     @staticmethod
     def kill(proc: subprocess.Popen[bytes]) -> None:

@@ -26,10 +26,10 @@ from workflows.contracts import (
     ACT_CREATE_ENDPOINT,
     ACT_DELETE_ENDPOINT,
     ACT_DELETE_POLICIES,
-    ACT_GET_ENDPOINT_ADDRESSES,
     ACT_RECORD_STATUS,
     ACT_RELEASE_SLOT,
     ACT_WAIT_ENDPOINT_DELETED,
+    ACT_WAIT_FOR_STATE_CHANGE,
     QUERY_USAGE,
     SIGNAL_DELETE,
     GuardUsage,
@@ -41,7 +41,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 CREATE_STEPS: dict[str, dict[str, str]] = {
     "1-check-principal": {"activity": ACT_CHECK_PRINCIPAL},
     "2-create-endpoint": {"activity": ACT_CREATE_ENDPOINT},
-    "3-read-ips": {"activity": ACT_GET_ENDPOINT_ADDRESSES},
+    # The poll that sees the endpoint available and reads its ENI IPs.
+    "3-read-ips": {"activity": ACT_WAIT_FOR_STATE_CHANGE},
     "4-apply-policies": {"activity": ACT_APPLY_POLICIES},
     "5-mark-active": {"activity": ACT_RECORD_STATUS, "status": "Active"},
 }
@@ -74,8 +75,13 @@ def _points(conns: dict[str, tuple[str, str]], steps: dict[str, dict[str, str]])
     ]
 
 
-async def _kill_at_failpoints(world: RealWorld, worker: Any, n: int) -> None:
-    await asyncio.to_thread(world.wait_failpoints, n)
+async def _kill_at_failpoints(
+    world: RealWorld, worker: Any, points: list[dict[str, str]]
+) -> None:
+    """Wait until the worker holds every connection at its own failpoint, then kill it."""
+    await asyncio.to_thread(
+        world.wait_failpoints, {(p["activity"], p["connection_id"]) for p in points}
+    )
     await asyncio.to_thread(world.kill, worker)
     FIGURES["kills"] = FIGURES.get("kills", 0) + 1
 
@@ -132,12 +138,13 @@ async def test_sigkill_inside_every_step_of_create_and_delete(
     conns = {step: (uid("crash"), uid("c")) for step in CREATE_STEPS}
 
     # Create: each connection holds the first worker inside a different step.
-    first = await asyncio.to_thread(world.spawn_worker, _points(conns, CREATE_STEPS))
+    create_points = _points(conns, CREATE_STEPS)
+    first = await asyncio.to_thread(world.spawn_worker, create_points)
     handles: dict[str, WorkflowHandle] = {}
     for step, (org, conn) in conns.items():
         inp = real_input(world, org, conn, service)
         handles[step] = await start(temporal_client, inp, world.task_queue)
-    await _kill_at_failpoints(world, first, len(conns))
+    await _kill_at_failpoints(world, first, create_points)
     second = await asyncio.to_thread(world.spawn_worker)
     for org, conn in conns.values():
         await _wait_store(world, org, conn, "Active")
@@ -149,10 +156,11 @@ async def test_sigkill_inside_every_step_of_create_and_delete(
     await asyncio.to_thread(world.kill, second)
     world.failpoint_log.unlink()
     undo = dict(zip(UNDO_STEPS, conns.values(), strict=True))
-    third = await asyncio.to_thread(world.spawn_worker, _points(undo, UNDO_STEPS))
+    undo_points = _points(undo, UNDO_STEPS)
+    third = await asyncio.to_thread(world.spawn_worker, undo_points)
     for handle in handles.values():
         await handle.signal(SIGNAL_DELETE)
-    await _kill_at_failpoints(world, third, len(undo))
+    await _kill_at_failpoints(world, third, undo_points)
     await asyncio.to_thread(world.spawn_worker)
     for org, conn in conns.values():
         await _wait_store(world, org, conn, "Deleted")
@@ -176,7 +184,8 @@ async def test_sigkill_inside_every_step_of_a_failures_compensation(
         world.failpoint_log.unlink()
     service = world.seed.customer_services["acceptance_required"]
     conns = {step: (uid("crashf"), uid("c")) for step in FAILURE_UNDO_STEPS}
-    worker = await asyncio.to_thread(world.spawn_worker, _points(conns, FAILURE_UNDO_STEPS))
+    failure_points = _points(conns, FAILURE_UNDO_STEPS)
+    worker = await asyncio.to_thread(world.spawn_worker, failure_points)
     handles = {
         step: await start(temporal_client, real_input(world, org, conn, service), world.task_queue)
         for step, (org, conn) in conns.items()
@@ -185,7 +194,7 @@ async def test_sigkill_inside_every_step_of_a_failures_compensation(
         await _wait_store(world, org, conn, "WaitingForAcceptance")
         (ep,) = world.live_endpoints(org, conn)
         assert world.aws.reject(service, ep["vpc_endpoint_id"]) == []
-    await _kill_at_failpoints(world, worker, len(conns))
+    await _kill_at_failpoints(world, worker, failure_points)
     await asyncio.to_thread(world.spawn_worker)
     for step, (org, conn) in conns.items():
         await _wait_store(world, org, conn, "Failed")

@@ -491,20 +491,22 @@ class EndpointRef(BaseModel):
 class WaitStateInput(BaseModel):
     region: str
     vpc_endpoint_id: str
+    # Whose endpoint (logs, crash-test failpoints); the endpoint id is what is read.
+    org_id: str | None = None
+    connection_id: str | None = None
     last_state: str | None = None
     # Until then a NotFound is EC2 eventual consistency (ENDPOINT_NOT_VISIBLE_YET, retried).
     not_found_retry_until: datetime | None = None
 
 
-class EndpointState(BaseModel):
-    vpc_endpoint_id: str
-    state: str  # as AWS reports it; compare with .lower()
-    attempt: int = 1
 
 
 class EndpointAddressesInput(BaseModel):
     region: str
     vpc_endpoint_id: str
+    # Whose endpoint (logs, crash-test failpoints); the endpoint id is what is read.
+    org_id: str | None = None
+    connection_id: str | None = None
     # Until then a NotFound is EC2 eventual consistency (ENDPOINT_NOT_VISIBLE_YET, retried).
     not_found_retry_until: datetime | None = None
 
@@ -515,6 +517,14 @@ class EndpointAddresses(BaseModel):
     ips: list[str]
     dns_names: list[str]
     network_interface_ids: list[str] = Field(default_factory=list)
+
+
+class EndpointState(BaseModel):
+    vpc_endpoint_id: str
+    state: str  # as AWS reports it; compare with .lower()
+    attempt: int = 1
+    # Filled when the state is available: the poll read the ENI IPs already.
+    addresses: EndpointAddresses | None = None
 
 
 class DeleteEndpointInput(BaseModel):

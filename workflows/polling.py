@@ -59,6 +59,7 @@ class EndpointPoller(ConnectionCore):
         acceptance_deadline: datetime | None = None
         pending_deadline = workflow.now() + PENDING_DEADLINE
         announced = False
+        read: EndpointAddresses | None = None
         while (s := state.lower()) != "available":
             self._state.aws_state = state
             failure = terminal_state_failure(state, endpoint_id)
@@ -90,13 +91,26 @@ class EndpointPoller(ConnectionCore):
             result = await self._poll_until(endpoint_id, state, deadline)
             state = result.state
             self._attempts = result.attempt
+            read = result.addresses  # the poll that saw it available read the IPs too
         self._state.aws_state = state
         if not announced:
             await self._record(S.WAITING_FOR_IP, f"endpoint {endpoint_id} is available")
+        addresses = read or await self._read_addresses(endpoint_id)
+        if not addresses.ips:
+            raise ConnectionFailed(
+                Reason.ENDPOINT_FAILED,
+                f"endpoint {endpoint_id} is available but has no network interface IPs: "
+                "check the endpoints account's subnets, then create the connection again",
+            )
+        return addresses
+
+    async def _read_addresses(self, endpoint_id: str) -> EndpointAddresses:
         self._details("Reading the endpoint's ENI private IPs", "AWS answer")
         addresses: EndpointAddresses = await self._step(
             ACT_GET_ENDPOINT_ADDRESSES,
             EndpointAddressesInput(
+                org_id=self._inp.org_id,
+                connection_id=self._inp.connection_id,
                 region=self._inp.region,
                 vpc_endpoint_id=endpoint_id,
                 not_found_retry_until=self._visible_by,
@@ -105,12 +119,6 @@ class EndpointPoller(ConnectionCore):
             reason=Reason.ENDPOINT_FAILED,
             what="read the endpoint's ENI IPs",
         )
-        if not addresses.ips:
-            raise ConnectionFailed(
-                Reason.ENDPOINT_FAILED,
-                f"endpoint {endpoint_id} is available but has no network interface IPs: "
-                "check the endpoints account's subnets, then create the connection again",
-            )
         return addresses
 
     async def _poll_until(self, endpoint_id: str, last: str, deadline: datetime) -> EndpointState:
@@ -205,6 +213,8 @@ class EndpointPoller(ConnectionCore):
         state: EndpointState = await self._activity(
             ACT_WAIT_FOR_STATE_CHANGE,
             WaitStateInput(
+                org_id=self._inp.org_id,
+                connection_id=self._inp.connection_id,
                 region=self._inp.region,
                 vpc_endpoint_id=endpoint_id,
                 last_state=last,

@@ -102,7 +102,12 @@ class ActiveService(ConnectionCore):
         try:
             addresses: EndpointAddresses = await self._activity(
                 ACT_GET_ENDPOINT_ADDRESSES,
-                EndpointAddressesInput(region=self._inp.region, vpc_endpoint_id=endpoint_id),
+                EndpointAddressesInput(
+                    org_id=self._inp.org_id,
+                    connection_id=self._inp.connection_id,
+                    region=self._inp.region,
+                    vpc_endpoint_id=endpoint_id,
+                ),
                 EndpointAddresses,
                 summary="drift check: endpoint",
                 retry=look,

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
+from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
@@ -33,6 +34,7 @@ from workflows.errors import failure_of, is_cancellation
 from workflows.saga import Saga
 
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseModel)
 Stop = Literal["delete", "cancel"]
 
 # Forward steps stop on the non-retryable types; compensation and status writes never stop.
@@ -172,26 +174,47 @@ class ConnectionCore:
         )
         return result
 
-    async def _unless_stopped(self, make: Callable[[], Awaitable[T]]) -> T:
-        """Run ``make()`` unless a stop request arrives first (then cancel it, raise
-        ``StopRequested``). A wait must never hold a delete back."""
-        task = asyncio.ensure_future(make())
-        stop = asyncio.ensure_future(workflow.wait_condition(lambda: self._stop is not None))
-        try:
-            await workflow.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
+    async def _interruptible(
+        self, make: Callable[[], Awaitable[T]], *, restart_on_retry_now: bool = False
+    ) -> T:
+        """Run ``make()``. A stop request cancels it and raises ``StopRequested`` (a wait
+        must never hold a delete back); with ``restart_on_retry_now``, ``retry_now`` cancels
+        it and runs it again at once (a poll skipping its backoff)."""
+        while True:
+            if restart_on_retry_now:
+                self._retry_now = False
+            task = asyncio.ensure_future(make())
+            wake = asyncio.ensure_future(
+                workflow.wait_condition(
+                    lambda: self._stop is not None or (restart_on_retry_now and self._retry_now)
+                )
+            )
+            try:
+                await workflow.wait([task, wake], return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                task.cancel()
+                wake.cancel()
+                raise
+            if task.done():
+                wake.cancel()
+                return task.result()
             task.cancel()
-            stop.cancel()
-            raise
-        if task.done():
-            stop.cancel()
-            return task.result()
-        task.cancel()
-        try:
-            await task
-        except BaseException:  # noqa: BLE001 - the interrupted work's outcome is moot
-            pass
-        raise StopRequested()
+            try:
+                await task
+            except BaseException:  # noqa: BLE001 - the interrupted work's outcome is moot
+                pass
+            if self._stop is not None:
+                raise StopRequested()
+
+    def _endpoint_input(self, cls: type[E], endpoint_id: str, **fields: Any) -> E:
+        """An activity input about our endpoint (whose it is travels along, for logs)."""
+        return cls(
+            org_id=self._inp.org_id,
+            connection_id=self._inp.connection_id,
+            region=self._inp.region,
+            vpc_endpoint_id=endpoint_id,
+            **fields,
+        )
 
     # ------------------------------------------------------------------ status and UI
 

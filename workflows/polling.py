@@ -10,9 +10,7 @@ ones fail. ``retry_now`` restarts the poll at once; a stop request abandons it.
 
 from __future__ import annotations
 
-import asyncio
 import functools
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -36,7 +34,7 @@ with workflow.unsafe.imports_passed_through():
         WaitStateInput,
     )
 
-from workflows.core import PATCH_SHAPED_POLLS, ConnectionCore, StopRequested
+from workflows.core import PATCH_SHAPED_POLLS, ConnectionCore
 from workflows.errors import (
     ConnectionFailed,
     error_type,
@@ -108,12 +106,8 @@ class EndpointPoller(ConnectionCore):
         self._details("Reading the endpoint's ENI private IPs", "AWS answer")
         addresses: EndpointAddresses = await self._step(
             ACT_GET_ENDPOINT_ADDRESSES,
-            EndpointAddressesInput(
-                org_id=self._inp.org_id,
-                connection_id=self._inp.connection_id,
-                region=self._inp.region,
-                vpc_endpoint_id=endpoint_id,
-                not_found_retry_until=self._visible_by,
+            self._endpoint_input(
+                EndpointAddressesInput, endpoint_id, not_found_retry_until=self._visible_by
             ),
             EndpointAddresses,
             reason=Reason.ENDPOINT_FAILED,
@@ -145,7 +139,8 @@ class EndpointPoller(ConnectionCore):
             return await self._interruptible(
                 functools.partial(
                     self._poll, endpoint_id, last, deadline - workflow.now(), schedule
-                )
+                ),
+                restart_on_retry_now=True,
             )
         except ActivityError as err:
             if is_cancellation(err):
@@ -212,13 +207,8 @@ class EndpointPoller(ConnectionCore):
         ``budget`` None means a single look."""
         state: EndpointState = await self._activity(
             ACT_WAIT_FOR_STATE_CHANGE,
-            WaitStateInput(
-                org_id=self._inp.org_id,
-                connection_id=self._inp.connection_id,
-                region=self._inp.region,
-                vpc_endpoint_id=endpoint_id,
-                last_state=last,
-                not_found_retry_until=self._visible_by,
+            self._endpoint_input(
+                WaitStateInput, endpoint_id, last_state=last, not_found_retry_until=self._visible_by
             ),
             EndpointState,
             summary=f"poll endpoint state (was {last})",
@@ -232,31 +222,6 @@ class EndpointPoller(ConnectionCore):
             schedule_to_close=budget,
         )
         return state
-
-    async def _interruptible(self, make: Callable[[], Awaitable[T]]) -> T:
-        """Run a poll, restarting it on ``retry_now`` and abandoning it on a stop request."""
-        while True:
-            self._retry_now = False
-            task = asyncio.ensure_future(make())
-            wake = asyncio.ensure_future(
-                workflow.wait_condition(lambda: self._stop is not None or self._retry_now)
-            )
-            try:
-                await workflow.wait([task, wake], return_when=asyncio.FIRST_COMPLETED)
-            except BaseException:
-                task.cancel()
-                wake.cancel()
-                raise
-            if task.done():
-                wake.cancel()
-                return task.result()
-            task.cancel()
-            try:
-                await task
-            except BaseException:  # noqa: BLE001 - the cancelled poll's outcome is moot
-                pass
-            if self._stop is not None:
-                raise StopRequested()
 
     def _wait_timeout(self, state: str, endpoint_id: str) -> ConnectionFailed:
         if state == "pendingacceptance":

@@ -75,7 +75,7 @@ class ActiveService(ConnectionCore):
             await self._wait_for_wake(interval, "drift check")
             if self._stop is not None:
                 return
-            await self._unless_stopped(self._drift_check)
+            await self._interruptible(self._drift_check)
             self._checks += 1
             if self._stop is not None:
                 return
@@ -102,12 +102,7 @@ class ActiveService(ConnectionCore):
         try:
             addresses: EndpointAddresses = await self._activity(
                 ACT_GET_ENDPOINT_ADDRESSES,
-                EndpointAddressesInput(
-                    org_id=self._inp.org_id,
-                    connection_id=self._inp.connection_id,
-                    region=self._inp.region,
-                    vpc_endpoint_id=endpoint_id,
-                ),
+                self._endpoint_input(EndpointAddressesInput, endpoint_id),
                 EndpointAddresses,
                 summary="drift check: endpoint",
                 retry=look,

@@ -6,22 +6,33 @@ guard workflow is addressed by name so activities never import workflow code.
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from workflows.contracts import (
+    ACT_ACQUIRE_SLOT,
     ACT_CLOSED_WORKFLOWS,
     ACT_RELEASE_SLOT,
     ACT_REQUEST_SLOT,
     SIGNAL_ACQUIRE,
     SIGNAL_RELEASE,
+    UPDATE_ACQUIRE_SLOT,
     AcquireRequest,
     ClosedWorkflowsInput,
     ClosedWorkflowsResult,
     OrgGuardInput,
     ReleaseRequest,
+    SlotDecision,
     SlotRelease,
     SlotRequest,
     org_guard_workflow_id,
@@ -56,6 +67,37 @@ class GuardActivities:
             SIGNAL_ACQUIRE,
             AcquireRequest(connection_id=req.connection_id, workflow_id=req.workflow_id),
         )
+
+    @activity.defn(name=ACT_ACQUIRE_SLOT)
+    async def acquire_slot(self, req: SlotRequest) -> SlotDecision:
+        """Ask the org guard for a slot and return its decision, in one round trip
+        (update-with-start creates the guard on first use). The update id is the
+        requester's, so a retried attempt gets the first attempt's answer."""
+        start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
+            GUARD_WORKFLOW,
+            OrgGuardInput(
+                org_id=req.org_id, limit=req.default_limit, leak_check_interval=self._leak_interval
+            ),
+            id=org_guard_workflow_id(req.org_id),
+            task_queue=self._task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=f"privnet org guard for {req.org_id}",
+        )
+        try:
+            decision: SlotDecision = await self._client.execute_update_with_start_workflow(
+                UPDATE_ACQUIRE_SLOT,
+                AcquireRequest(connection_id=req.connection_id, workflow_id=req.workflow_id),
+                start_workflow_operation=start,
+                id=f"acquire:{req.workflow_id}",
+                result_type=SlotDecision,
+            )
+        except WorkflowUpdateFailedError as err:  # e.g. the guard is continuing as new
+            raise ApplicationError(
+                f"the org guard of {req.org_id} did not take the request ({err.cause}); "
+                "asking again",
+                type="GUARD_BUSY",
+            ) from err
+        return decision
 
     @activity.defn(name=ACT_RELEASE_SLOT)
     async def release_slot(self, req: SlotRelease) -> None:

@@ -24,6 +24,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from activities.guard import GuardActivities
 from settings import Settings
 from workflows.contracts import (
+    ACT_ACQUIRE_SLOT,
     ACT_APPLY_POLICIES,
     ACT_CHECK_PRINCIPAL,
     ACT_CREATE_ENDPOINT,
@@ -50,6 +51,7 @@ from workflows.contracts import (
     EndpointRef,
     EndpointState,
     ServiceInfo,
+    SlotDecision,
     SlotRelease,
     SlotRequest,
     StatusRecord,
@@ -319,6 +321,11 @@ class CountingGuardActivities(GuardActivities):
     async def request_slot(self, req: SlotRequest) -> None:
         self.world.call(req.connection_id, ACT_REQUEST_SLOT)
         await super().request_slot(req)
+
+    @activity.defn(name=ACT_ACQUIRE_SLOT)
+    async def acquire_slot(self, req: SlotRequest) -> SlotDecision:
+        self.world.call(req.connection_id, ACT_ACQUIRE_SLOT)
+        return await super().acquire_slot(req)
 
     @activity.defn(name=ACT_RELEASE_SLOT)
     async def release_slot(self, req: SlotRelease) -> None:

@@ -28,6 +28,7 @@ from tests.guard_requester import GuardRequester
 from tests.wfutil import make_input, query, save_history, start, uid, wait_status
 from worker import build_worker
 from workflows.contracts import (
+    ACT_ACQUIRE_SLOT,
     ACT_REQUEST_SLOT,
     QUERY_USAGE,
     SIGNAL_ACQUIRE,
@@ -125,6 +126,7 @@ async def test_ten_concurrent_creates_admit_exactly_the_limit(env: Env) -> None:
         h for h, s in zip(handles, finals, strict=True) if s.status.value == "Rejected"
     )
     await save_history(rejected_handle, "connection_rejected")
+    await save_history(env.client.get_workflow_handle(org_guard_workflow_id(org)), "guard_by_update")
 
 
 async def test_set_limit_raises_and_lowering_revokes_nothing(env: Env) -> None:
@@ -254,6 +256,12 @@ class SilentGuard(CountingGuardActivities):
     @activity.defn(name=ACT_REQUEST_SLOT)
     async def request_slot(self, req: SlotRequest) -> None:
         self.world.call(req.connection_id, ACT_REQUEST_SLOT)
+
+    @activity.defn(name=ACT_ACQUIRE_SLOT)
+    async def acquire_slot(self, req: SlotRequest) -> SlotDecision:
+        self.world.call(req.connection_id, ACT_ACQUIRE_SLOT)
+        await asyncio.Event().wait()  # the guard never answers
+        raise AssertionError("unreachable")
 
 
 async def test_no_slot_decision_fails_clearly_instead_of_hanging(

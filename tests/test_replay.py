@@ -36,12 +36,16 @@ EXPECTED = {
     "connection_resumed_after_can",
     "connection_degraded_then_active",
     "connection_cleanup_blocked",
-    # After the status writes became local activities and the poll schedule was shaped by
-    # AWS (workflow.patched): the histories above keep replaying through the old branches.
+    # After one workflow.patched marker (status writes as local activities, the poll
+    # schedule shaped by AWS, fewer search-attribute upserts, the slot asked by update):
+    # the histories above keep replaying through the legacy branches.
     "connection_happy_then_delete_v2",
     "connection_acceptance_v2",
     "connection_fail_step5_v2",
     "connection_resumed_after_can_v2",
+    "connection_rejected_v2",
+    "connection_admitted_then_deleted_v2",
+    "guard_by_update_v2",
     "guard_first_run",
     "guard_leak_repair",
 }

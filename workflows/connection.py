@@ -17,10 +17,12 @@ import asyncio
 from datetime import datetime, timedelta
 
 from temporalio import workflow
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.contracts import (
+        ACT_ACQUIRE_SLOT,
         ACT_CHECK_PRINCIPAL,
         ACT_CREATE_ENDPOINT,
         ACT_REQUEST_SLOT,
@@ -102,6 +104,7 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
         self._slot: SlotDecision | None = None
         self._saga = Saga()
         self._in_flight = []
+        self._deferred_search_attributes = []
         self._failure: ConnectionFailed | None = None
         self._rejected = False
         self._acceptance_required = False
@@ -156,12 +159,12 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
 
     @workflow.run
     async def run(self, inp: ConnectionInput) -> ConnectionState:
-        workflow.upsert_search_attributes(
-            [
-                SA_ORG_ID.value_set(inp.org_id),
-                SA_REGION.value_set(inp.region),
-                SA_STATUS.value_set(self._state.status.value),
-            ]
+        # The starter sets these at start and continue-as-new carries them: written here
+        # only when missing (e.g. a workflow started by hand).
+        self._set_search_attributes(
+            SA_ORG_ID.value_set(inp.org_id),
+            SA_REGION.value_set(inp.region),
+            SA_STATUS.value_set(self._state.status.value),
         )
         cancellation: BaseException | None = None
         try:
@@ -237,41 +240,20 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
         return True
 
     async def _acquire_slot(self) -> bool:
-        """Step 0: ask the org guard (idempotent per connection, re-asked until it answers)."""
+        """Step 0: ask the org guard (idempotent per connection). False when denied."""
         inp, opts = self._inp, self._inp.options
         self._details("Waiting for the organization's connection slot", "org guard decision")
         slot_undo = self._register_slot_undo()  # a release is harmless if nothing was granted
-        deadline = workflow.now() + opts.slot_decision_timeout
-        while self._slot is None:
-            self._check_stop()
-            left = deadline - workflow.now()
-            if left <= timedelta(0):
-                raise ConnectionFailed(
-                    Reason.SLOT_TIMEOUT,
-                    f"the org guard did not answer within {opts.slot_decision_timeout}: check "
-                    "that a privnet worker is polling the task queue, then create the "
-                    "connection again",
-                )
-            await self._activity(
-                ACT_REQUEST_SLOT,
-                SlotRequest(
-                    org_id=inp.org_id,
-                    connection_id=inp.connection_id,
-                    workflow_id=workflow.info().workflow_id,
-                    default_limit=opts.default_org_limit,
-                ),
-                None,
-                summary="ask the org guard for a slot",
-                retry=FOREVER_RETRY,
-            )
-            try:
-                await workflow.wait_condition(
-                    lambda: self._slot is not None or self._stop is not None,
-                    timeout=min(left, opts.slot_request_interval),
-                    timeout_summary="slot decision",
-                )
-            except TimeoutError:
-                pass
+        request = SlotRequest(
+            org_id=inp.org_id,
+            connection_id=inp.connection_id,
+            workflow_id=workflow.info().workflow_id,
+            default_limit=opts.default_org_limit,
+        )
+        if self._current():
+            self._slot = await self._ask_guard(request)
+        else:
+            await self._ask_guard_legacy(request)
         if self._slot is None:  # stop requested before the guard answered
             raise StopRequested()
         if self._slot.granted:
@@ -284,6 +266,61 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
             f"`privnet limits set --org {inp.org_id} N`"
         )
         return False
+
+    async def _ask_guard(self, request: SlotRequest) -> SlotDecision:
+        """One activity whose result is the decision (the guard's acquire update)."""
+        timeout = self._inp.options.slot_decision_timeout
+        try:
+            decision: SlotDecision = await self._interruptible(
+                lambda: self._activity(
+                    ACT_ACQUIRE_SLOT,
+                    request,
+                    SlotDecision,
+                    summary="ask the org guard for a slot",
+                    retry=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+                    start_to_close=min(timeout, timedelta(seconds=30)),
+                    schedule_to_close=timeout,
+                )
+            )
+        except ActivityError as err:
+            if is_cancellation(err):
+                raise
+            raise self._slot_timeout(timeout) from None
+        return decision
+
+    async def _ask_guard_legacy(self, request: SlotRequest) -> None:
+        """Histories from before the acquire update: a signal there, a signal back."""
+        timeout = self._inp.options.slot_decision_timeout
+        deadline = workflow.now() + timeout
+        while self._slot is None:
+            self._check_stop()
+            left = deadline - workflow.now()
+            if left <= timedelta(0):
+                raise self._slot_timeout(timeout)
+            await self._activity(
+                ACT_REQUEST_SLOT,
+                request,
+                None,
+                summary="ask the org guard for a slot",
+                retry=FOREVER_RETRY,
+            )
+            try:
+                await workflow.wait_condition(
+                    lambda: self._slot is not None or self._stop is not None,
+                    timeout=min(left, self._inp.options.slot_request_interval),
+                    timeout_summary="slot decision",
+                )
+            except TimeoutError:
+                pass
+
+    @staticmethod
+    def _slot_timeout(timeout: timedelta) -> ConnectionFailed:
+        return ConnectionFailed(
+            Reason.SLOT_TIMEOUT,
+            f"the org guard did not answer within {timeout}: check that a privnet worker "
+            "is polling the guards' task queue (PRIVNET_GUARD_TASK_QUEUE), then create the "
+            "connection again",
+        )
 
     async def _check_principal(self) -> ServiceInfo:
         """Step 1: our principal can see the service; its AZs and acceptance setting."""
@@ -327,7 +364,7 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
             if error_type(err) in NOTHING_CREATED:
                 self._saga.forget(undo)
             raise failure_of(err, Reason.ENDPOINT_CREATE_FAILED, "creating the endpoint") from None
-        workflow.upsert_search_attributes([SA_ENDPOINT_ID.value_set(ref.vpc_endpoint_id)])
+        self._set_search_attributes(SA_ENDPOINT_ID.value_set(ref.vpc_endpoint_id))
         return ref
 
     async def _create_and_remember(self, arg: CreateEndpointInput) -> EndpointRef:

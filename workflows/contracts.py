@@ -360,6 +360,7 @@ QUERY_STATUS = "status"
 SIGNAL_ACQUIRE = "acquire"
 SIGNAL_RELEASE = "release"
 SIGNAL_SET_LIMIT = "set_limit"
+UPDATE_ACQUIRE_SLOT = "acquire_slot"
 QUERY_USAGE = "usage"
 
 
@@ -367,6 +368,8 @@ class AcquireRequest(BaseModel):
     kind: Literal["acquire"] = "acquire"
     connection_id: str
     workflow_id: str
+    # True: asked by the ``acquire_slot`` update, answered as its result (no signal back).
+    by_update: bool = False
 
 
 class ReleaseRequest(BaseModel):
@@ -410,6 +413,7 @@ class GuardUsage(BaseModel):
 # activities). Every input/output is a pydantic model below.
 
 ACT_REQUEST_SLOT = "request_slot"
+ACT_ACQUIRE_SLOT = "acquire_slot"
 ACT_RELEASE_SLOT = "release_slot"
 ACT_CLOSED_WORKFLOWS = "closed_workflows"
 ACT_CHECK_PRINCIPAL = "check_principal"

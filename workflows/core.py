@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
@@ -61,9 +61,11 @@ UNDO_RETRY = RetryPolicy(
 )
 STEP_DEADLINE = timedelta(minutes=15)  # all attempts of a forward step
 
-# workflow.patched markers: running histories recorded before a change replay unchanged.
-PATCH_LOCAL_STATUS_WRITES = "status-writes-as-local-activities"
-PATCH_SHAPED_POLLS = "poll-schedule-shaped-by-aws"
+# One workflow.patched marker for this release's changes of the command sequence (each
+# marker is a history event of its own): status writes as local activities, the poll
+# schedule shaped by AWS, search attributes written only when they change, the slot asked
+# by update. Histories recorded before it replay through the ``legacy`` branches.
+PATCH_FEWER_EVENTS = "fewer-events-per-connection"
 
 
 class StopRequested(Exception):
@@ -80,6 +82,7 @@ class ConnectionCore:
     _saga: Saga
     _in_flight: list[asyncio.Future[Any]]
     _attempts: int
+    _deferred_search_attributes: list[SearchAttributeUpdate[Any]]
 
     # ------------------------------------------------------------------ stop requests
 
@@ -246,7 +249,7 @@ class ConnectionCore:
         self._state.seq = seq
         retry = STEP_RETRY if strict else FOREVER_RETRY
         summary = f"record status {status.value}"
-        if workflow.patched(PATCH_LOCAL_STATUS_WRITES):
+        if self._current():
             # A local activity: one store write needs no task queue round trip and no
             # workflow task of its own (half of a connection's activities are these).
             await workflow.execute_local_activity(
@@ -261,7 +264,29 @@ class ConnectionCore:
             await self._activity(ACT_RECORD_STATUS, rec, None, summary=summary, retry=retry)
         self._state.status = status
         self._state.step = detail
-        workflow.upsert_search_attributes([SA_STATUS.value_set(status.value)])
+        self._set_search_attributes(SA_STATUS.value_set(status.value))
+
+    def _current(self) -> bool:
+        """This release's command sequence (False: replaying a history from before it)."""
+        return workflow.patched(PATCH_FEWER_EVENTS)
+
+    def _set_search_attributes(self, *updates: SearchAttributeUpdate[Any]) -> None:
+        """Upsert search attributes, skipping what already holds (each upsert is a history
+        event and a visibility write); an endpoint id waits for the next status change."""
+        if not self._current():
+            workflow.upsert_search_attributes(list(updates))
+            return
+        changed = [
+            u for u in updates if workflow.info().typed_search_attributes.get(u.key) != u.value
+        ]
+        if any(u.key == SA_STATUS for u in changed):
+            changed = [*changed, *self._deferred_search_attributes]
+            self._deferred_search_attributes = []
+        elif changed:  # not a status: ride along with the next status change
+            self._deferred_search_attributes.extend(changed)
+            return
+        if changed:
+            workflow.upsert_search_attributes(changed)
 
     def _details(self, doing: str, waiting_for: str, *, fix: str | None = None) -> None:
         """What the Temporal UI shows for this workflow right now."""

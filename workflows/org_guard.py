@@ -1,9 +1,10 @@
 """OrgGuardWorkflow: one long-lived workflow per organization that enforces its
 connection limit.
 
-Signals are queued and decided one at a time in the run loop, so N concurrent acquires
-admit exactly ``limit``. Each decision is signalled back to the requester
-(``slot_decision``). Holders whose workflow closed without releasing (an operator's
+Requests are queued and decided one at a time in the run loop, so N concurrent acquires
+admit exactly ``limit``. An acquire comes as the ``acquire_slot`` update (its result is the
+decision: one round trip) or, from connections started before it existed, as a signal whose
+decision is signalled back (``slot_decision``). Holders whose workflow closed without releasing (an operator's
 terminate skips compensation) are released by a periodic leak check. The history stays
 bounded with continue-as-new, carrying holders, limit and unanswered requests.
 
@@ -19,7 +20,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.contracts import (
@@ -31,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         SIGNAL_RELEASE,
         SIGNAL_SET_LIMIT,
         SIGNAL_SLOT_DECISION,
+        UPDATE_ACQUIRE_SLOT,
         AcquireRequest,
         ClosedWorkflowsInput,
         ClosedWorkflowsResult,
@@ -56,10 +58,32 @@ class OrgGuardWorkflow:
         self._check_leaks_now = False
         self._max_history = inp.max_history_events
         self._saved: dict[str, str] | None = dict(inp.holders) if inp.restored else None
+        # Decisions for acquire updates, by requester workflow id, in request order.
+        self._answers: dict[str, list[SlotDecision]] = {}
+        self._closing = False  # continuing as new: new acquire updates are refused
 
     @workflow.signal(name=SIGNAL_ACQUIRE)
     def acquire(self, req: AcquireRequest) -> None:
         self._queue.append(req)
+
+    @workflow.update(name=UPDATE_ACQUIRE_SLOT)
+    async def acquire_slot(self, req: AcquireRequest) -> SlotDecision:
+        """Acquire a slot; the decision is the result. Idempotent per connection."""
+        wid = req.workflow_id
+        self._queue.append(req.model_copy(update={"by_update": True}))
+        await workflow.wait_condition(lambda: bool(self._answers.get(wid)))
+        answers = self._answers[wid]
+        decision = answers.pop(0)
+        if not answers:
+            del self._answers[wid]
+        return decision
+
+    @acquire_slot.validator
+    def _acquire_slot_open(self, req: AcquireRequest) -> None:
+        if self._closing:
+            raise ApplicationError(
+                "the org guard is continuing as new; ask again", type="GUARD_CLOSING"
+            )
 
     @workflow.signal(name=SIGNAL_RELEASE)
     def release(self, req: ReleaseRequest) -> None:
@@ -108,7 +132,14 @@ class OrgGuardWorkflow:
                 await self._release_leaked()
                 next_check = workflow.now() + self._leak_check_interval
             if self._should_continue_as_new():
-                await workflow.wait_condition(workflow.all_handlers_finished)
+                # Acquire updates must finish in this run: refuse new ones (the asking
+                # activity retries against the next run) and answer those accepted.
+                self._closing = True
+                while not workflow.all_handlers_finished():
+                    await self._drain()
+                    await workflow.wait_condition(
+                        lambda: workflow.all_handlers_finished() or bool(self._queue)
+                    )
                 workflow.continue_as_new(
                     OrgGuardInput(
                         org_id=self._org,
@@ -162,6 +193,7 @@ class OrgGuardWorkflow:
         arriving meanwhile wait for the next round, so the loop can continue as new."""
         batch, self._queue = self._queue, []
         replies: list[tuple[str, SlotDecision]] = []
+        updates: list[tuple[str, SlotDecision]] = []
         for req in batch:
             if isinstance(req, SetLimitRequest):
                 self._limit = req.limit
@@ -171,6 +203,19 @@ class OrgGuardWorkflow:
                 granted = req.connection_id in self._holders or len(self._holders) < self._limit
                 if granted:
                     self._holders[req.connection_id] = req.workflow_id
+                if req.by_update:
+                    updates.append(
+                        (
+                            req.workflow_id,
+                            SlotDecision(
+                                connection_id=req.connection_id,
+                                granted=granted,
+                                usage=len(self._holders),
+                                limit=self._limit,
+                            ),
+                        )
+                    )
+                    continue
                 replies.append(
                     (
                         req.workflow_id,
@@ -182,7 +227,9 @@ class OrgGuardWorkflow:
                         ),
                     )
                 )
-        await self._save()
+        await self._save()  # durable before anyone hears a decision
+        for wid, decision in updates:
+            self._answers.setdefault(wid, []).append(decision)
         if not replies:
             return
         results = await asyncio.gather(

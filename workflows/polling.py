@@ -34,7 +34,7 @@ with workflow.unsafe.imports_passed_through():
         WaitStateInput,
     )
 
-from workflows.core import PATCH_SHAPED_POLLS, ConnectionCore
+from workflows.core import ConnectionCore
 from workflows.errors import (
     ConnectionFailed,
     error_type,
@@ -118,7 +118,7 @@ class EndpointPoller(ConnectionCore):
     async def _poll_until(self, endpoint_id: str, last: str, deadline: datetime) -> EndpointState:
         """Poll until the state differs from ``last``, or fail at the deadline."""
         schedule = self._schedule(last)
-        if workflow.patched(PATCH_SHAPED_POLLS):
+        if self._current():
             if last.lower() != "pendingacceptance":
                 # One look at once: an endpoint may already be available.
                 seen = await self._look_once(endpoint_id, last)

@@ -14,6 +14,7 @@ from temporalio.client import (
     WithStartWorkflowOperation,
     WorkflowExecutionStatus,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
@@ -95,6 +96,11 @@ class GuardActivities:
             raise ApplicationError(
                 f"the org guard of {req.org_id} did not take the request ({err.cause}); "
                 "asking again",
+                type="GUARD_BUSY",
+            ) from err
+        except WorkflowUpdateRPCTimeoutOrCancelledError as err:  # a busy worker: same id again
+            raise ApplicationError(
+                f"the org guard of {req.org_id} has not answered yet; asking again",
                 type="GUARD_BUSY",
             ) from err
         return decision

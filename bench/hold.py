@@ -1,0 +1,87 @@
+"""One worker process holding many live Active connections (1,000) through two drift
+rounds: its RSS (sampled from /proc every 0.5 s), the dev server's, and the SDK's sticky
+cache metrics over the rounds (a miss is a full replay from history; forced evictions).
+
+The drift interval is short (``--drift-interval``, 120 s) so two rounds fit. A round is
+counted from the outside: each drift check reads its endpoint once
+(DescribeVpcEndpoints, sandbox AWS's counter), so the window after every connection is
+Active ends when those reads reach 2 x N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import partial
+from typing import Any
+
+from bench.harness import Bench, gather_limited, wait_store
+from bench.procs import diff_counts
+from bench.provisioning import POOL_FULL, orgs_for, sdk_counts, sdk_delta, terminate_guards
+
+CREATE_CONCURRENCY = 50  # create() calls in flight (this run measures memory, not speed)
+DRIFT_READ = "DescribeVpcEndpoints"
+
+
+async def run(b: Bench) -> dict[str, Any]:
+    n, interval = b.opts.hold_connections, b.opts.drift_interval
+    prefix = b.name("hold")
+    pairs = orgs_for(prefix, n, b.opts.per_org)
+    orgs = {org for org, _ in pairs}
+    async with b.privnet_worker(prefix, drift_check_interval_seconds=interval) as w:
+        cc, store = w.client(), w.the_store()
+        t0 = time.monotonic()
+        await gather_limited([partial(cc.create, org, b.service, connection_id=cid)
+                              for org, cid in pairs], CREATE_CONCURRENCY)
+        t_active = await wait_store(store, "Active", n, within=600 + 2 * n, interval=1)
+        rss_at_active = b.sampler.window("worker", t_active - 1)["last_mb"]
+        aws0, m0 = b.admin.requests(), sdk_counts(w.sdk_metrics())
+        deadline = time.monotonic() + 2 * interval + 300
+        rounds_seen = 0.0
+        max_degraded = 0
+        while True:
+            await asyncio.sleep(2)
+            reads = diff_counts(b.admin.requests(), aws0).get(DRIFT_READ, 0)
+            rounds_seen = reads / n
+            counts = await asyncio.to_thread(store.count_by_status)
+            max_degraded = max(max_degraded, counts.get("Degraded", 0))
+            if rounds_seen >= 2 or time.monotonic() > deadline:
+                break
+        t_rounds = time.monotonic()
+        aws1, m1 = b.admin.requests(), sdk_counts(w.sdk_metrics())
+        counts_end = await asyncio.to_thread(store.count_by_status)
+        before_delete = counts_end.get("Deleted", 0)
+        t2 = time.monotonic()
+        await gather_limited([partial(cc.delete, org, cid) for org, cid in pairs],
+                             CREATE_CONCURRENCY)
+        t3 = await wait_store(store, "Deleted", before_delete + n, within=600 + 2 * n,
+                              interval=1)
+        pool_full = w.proc.log_count(POOL_FULL)
+    await terminate_guards(b, orgs)
+    if rounds_seen < 2:
+        raise RuntimeError(f"only {rounds_seen:.2f} drift rounds in {t_rounds - t_active:.0f}s: "
+                           "the worker cannot keep up with this drift interval")
+    return {
+        "connections": n,
+        "orgs": len(orgs),
+        "drift_interval_s": interval,
+        "create_seconds": round(t_active - t0, 1),
+        "create_throughput": round(n / (t_active - t0), 2),
+        "delete_throughput": round(n / (t3 - t2), 2),
+        "worker_rss_mb": {
+            "all_active": rss_at_active,
+            "during_drift_rounds": b.sampler.window("worker", t_active, t_rounds),
+            "whole_run": b.sampler.window("worker", t0, t3),
+        },
+        "dev_server_rss_mb": b.sampler.window("dev_server", t0, t3),
+        "drift_rounds_seen": round(rounds_seen, 2),
+        "drift_window_s": round(t_rounds - t_active, 1),
+        "aws_calls_per_connection_per_round": {
+            k: round(v / n / rounds_seen, 2) for k, v in diff_counts(aws1, aws0).items()},
+        "sdk_during_drift_rounds": sdk_delta(m1, m0),
+        "workflow_tasks_per_connection_per_round": round(
+            (m1["workflow_tasks"] - m0["workflow_tasks"]) / n / max(rounds_seen, 1e-9), 2),
+        "max_degraded_seen": max_degraded,
+        "status_counts_after_rounds": counts_end,
+        "boto3_pool_full_warnings": pool_full,
+    }

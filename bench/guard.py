@@ -30,7 +30,8 @@ async def burst(b: Bench, guard_acts: GuardActivities, task_queue: str, prefix: 
                                 task_queue=task_queue)
         for i, wid in enumerate(wids)))
     # Every requester has run its first workflow task (it is idle, waiting) before t0.
-    await asyncio.gather(*(h.query(SlotRequester.decided) for h in handles))
+    async with asyncio.timeout(300):
+        await asyncio.gather(*(h.query(SlotRequester.decided) for h in handles))
     m0, c0 = sdk_counts(w.sdk_metrics()), b.cpu(w)
     t0 = time.monotonic()
     await asyncio.gather(*(
@@ -38,7 +39,8 @@ async def burst(b: Bench, guard_acts: GuardActivities, task_queue: str, prefix: 
             org_id=orgs[i % len(orgs)], connection_id=f"{prefix}-c{i}", workflow_id=wid,
             default_limit=100_000))
         for i, wid in enumerate(wids)))
-    granted = await asyncio.gather(*(h.result() for h in handles))
+    async with asyncio.timeout(300):
+        granted = await asyncio.gather(*(h.result() for h in handles))
     t1 = time.monotonic()
     m1, c1 = sdk_counts(w.sdk_metrics()), b.cpu(w)
     if not all(granted):

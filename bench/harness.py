@@ -231,6 +231,22 @@ async def wait_store(store: Store, status: str, count: int, *, within: float,
         await asyncio.sleep(interval)
 
 
+async def wait_closed(client: Client, workflow_ids: Iterable[str], *, within: float) -> float:
+    """Wait until every workflow has closed (its last tasks done), so nothing is left for
+    the next scenario's worker to replay; the monotonic time they were."""
+    async def one(wid: str) -> None:
+        try:
+            await client.get_workflow_handle(wid).result()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - closed is closed (failed or terminated too)
+            pass
+
+    async with asyncio.timeout(within):
+        await asyncio.gather(*(one(w) for w in workflow_ids))
+    return time.monotonic()
+
+
 async def gather_limited(factories: Iterable[Callable[[], Awaitable[T]]],
                          limit: int | None = None) -> list[T]:
     """Run every coroutine at once (``limit`` None) or at most ``limit`` at a time."""

@@ -40,6 +40,10 @@ def count_events(events: Iterable[HistoryEvent]) -> dict[str, Any]:
     return {
         "events": total,
         "workflow_tasks": by_type["workflow_task_completed"],
+        # Failed or timed-out tasks (e.g. the server force-fails a task when more than
+        # 100 events were buffered while it ran): each costs a full replay.
+        "workflow_task_failures": by_type["workflow_task_failed"] + by_type[
+            "workflow_task_timed_out"],
         "activities": sum(activities.values()),
         "activity_attempts": attempts,
         "activities_by_type": dict(sorted(activities.items())),

@@ -15,9 +15,10 @@ import time
 from functools import partial
 from typing import Any
 
-from bench.harness import Bench, gather_limited, wait_store
+from bench.harness import Bench, gather_limited, wait_closed, wait_store
 from bench.procs import diff_counts
 from bench.provisioning import POOL_FULL, orgs_for, sdk_counts, sdk_delta, terminate_guards
+from workflows.contracts import connection_workflow_id
 
 CREATE_CONCURRENCY = 50  # create() calls in flight (this run measures memory, not speed)
 DRIFT_READ = "DescribeVpcEndpoints"
@@ -56,6 +57,8 @@ async def run(b: Bench) -> dict[str, Any]:
                              CREATE_CONCURRENCY)
         t3 = await wait_store(store, "Deleted", before_delete + n, within=600 + 2 * n,
                               interval=1)
+        await wait_closed(b.client, [connection_workflow_id(o, c) for o, c in pairs],
+                          within=600 + n)
         pool_full = w.proc.log_count(POOL_FULL)
     await terminate_guards(b, orgs)
     if rounds_seen < 2:

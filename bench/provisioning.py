@@ -15,7 +15,7 @@ from typing import Any
 
 from temporalio.client import WorkflowHandle
 
-from bench.harness import Bench, Worker, cpu_per, per, wait_store
+from bench.harness import Bench, Worker, cpu_per, per, wait_closed, wait_store
 from bench.histories import average, history_counts
 from bench.procs import diff_counts, metric
 from bench.workflows import BASELINE_TASK_QUEUE, BaselineWorkflow
@@ -53,15 +53,14 @@ async def baseline(b: Bench, n: int) -> dict[str, Any]:
     async with b.baseline_worker(prefix) as w:
         warm = [await b.client.start_workflow(BaselineWorkflow.run, id=f"{prefix}-warm{i}",
                                               task_queue=BASELINE_TASK_QUEUE) for i in range(5)]
-        await asyncio.gather(*(h.result() for h in warm))
+        await wait_closed(b.client, [h.id for h in warm], within=120)
         m0, c0 = sdk_counts(w.sdk_metrics()), b.cpu(w)
         t0 = time.monotonic()
         handles: list[WorkflowHandle[Any, Any]] = await asyncio.gather(*(
             b.client.start_workflow(BaselineWorkflow.run, id=f"{prefix}-{i}",
                                     task_queue=BASELINE_TASK_QUEUE)
             for i in range(n)))
-        await asyncio.gather(*(h.result() for h in handles))
-        t1 = time.monotonic()
+        t1 = await wait_closed(b.client, [h.id for h in handles], within=120 + 5 * n)
         m1, c1 = sdk_counts(w.sdk_metrics()), b.cpu(w)
         hist = await history_counts(b.client, handles[0].id)
     wall = t1 - t0
@@ -89,6 +88,8 @@ async def warm_up(w: Worker, b: Bench, org: str, count: int = 2) -> None:
     await wait_store(store, "Active", count, within=300)
     await asyncio.gather(*(cc.delete(org, f"w{i}") for i in range(count)))
     await wait_store(store, "Deleted", count, within=300)
+    await wait_closed(b.client, [connection_workflow_id(org, f"w{i}") for i in range(count)],
+                      within=300)
 
 
 async def terminate_guards(b: Bench, orgs: set[str]) -> None:
@@ -134,6 +135,8 @@ async def provisioning(b: Bench, n: int) -> dict[str, Any]:
         t3 = await wait_store(store, "Deleted", before.get("Deleted", 0) + n,
                               within=120 + 5 * n)
         aws2, k2, m2, c2 = b.admin.requests(), b.kube_stats(), sdk_counts(w.sdk_metrics()), b.cpu(w)
+        t_closed = await wait_closed(
+            b.client, [connection_workflow_id(org, cid) for org, cid in pairs], within=300)
         full_hist = await sample_histories(b, pairs, b.opts.history_sample)
         pool_full = w.proc.log_count(POOL_FULL)
         worker_counted = w.privnet_metrics()
@@ -159,6 +162,7 @@ async def provisioning(b: Bench, n: int) -> dict[str, Any]:
         "delete": {
             "seconds": round(delete_s, 2),
             "throughput": round(n / delete_s, 2),
+            "until_workflows_closed_s": round(t_closed - t2, 2),
             "aws_calls_per_connection": per(aws_delete, n),
             "aws_calls_total_per_connection": round(sum(aws_delete.values()) / n, 2),
             "kube_requests_per_connection": round((k2["requests"] - k1["requests"]) / n, 2),

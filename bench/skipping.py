@@ -28,13 +28,19 @@ from typing import Any
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from bench.harness import Bench, Worker
 from bench.procs import diff_counts
 from sandbox.binaries import temporal_test_server_path
-from workflows.contracts import SEARCH_ATTRIBUTES, ConnectionView
+from workflows.contracts import (
+    SEARCH_ATTRIBUTES,
+    ConnectionView,
+    connection_workflow_id,
+    org_guard_workflow_id,
+)
 
 NEVER = 10**9  # a pending delay no timeline reaches
 
@@ -102,8 +108,23 @@ def _at(view: ConnectionView, status: str) -> datetime:
 
 
 async def _delete(env: WorkflowEnvironment, w: Worker, org: str, cid: str) -> None:
+    """Delete, and skip time until the workflow has closed (nothing left for later)."""
     await w.client().delete(org, cid)
     await _skip_until(env, w, org, cid, "Deleted", 5, 3600)
+    handle = env.client.get_workflow_handle(connection_workflow_id(org, cid))
+    for _ in range(600):
+        if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+            return
+        await env.sleep(timedelta(seconds=1))
+    raise TimeoutError(f"{org}/{cid} still running 600 skipped seconds after Deleted")
+
+
+async def _terminate_guards(env: WorkflowEnvironment, orgs: list[str]) -> None:
+    for org in orgs:
+        try:
+            await env.client.get_workflow_handle(org_guard_workflow_id(org)).terminate()
+        except Exception:  # noqa: BLE001 - already closed
+            pass
 
 
 async def acceptance(b: Bench, env: WorkflowEnvironment, w: Worker, org: str) -> dict[str, Any]:
@@ -164,6 +185,8 @@ async def run(b: Bench, env: WorkflowEnvironment) -> dict[str, Any]:
         await _delete(env, w, warm, "w0")
         acc = await acceptance(b, env, w, f"{prefix}-acc")
         lat = [await latency(b, env, w, f"{prefix}-lat{p}", p) for p in b.opts.pending_times]
+        await _terminate_guards(env, [warm, f"{prefix}-acc",
+                                      *(f"{prefix}-lat{p}" for p in b.opts.pending_times)])
     return {
         "acceptance": acc,
         "latency": lat,

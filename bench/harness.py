@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -245,6 +246,28 @@ async def wait_closed(client: Client, workflow_ids: Iterable[str], *, within: fl
     async with asyncio.timeout(within):
         await asyncio.gather(*(one(w) for w in workflow_ids))
     return time.monotonic()
+
+
+async def terminate_workflows(client: Client, workflow_ids: Iterable[str]) -> None:
+    """Terminate what a failed run leaves running, so the next scenario's worker does not
+    inherit it (sandbox resources it created stay behind; they are the sandbox's)."""
+    async def one(wid: str) -> None:
+        try:
+            await client.get_workflow_handle(wid).terminate(reason="benchmark run failed")
+        except Exception:  # noqa: BLE001 - closed already or never started
+            pass
+
+    await gather_limited([partial(one, wid) for wid in workflow_ids], 50)
+
+
+@asynccontextmanager
+async def terminated_on_failure(client: Client, workflow_ids: Iterable[str]) -> AsyncIterator[None]:
+    ids = list(workflow_ids)
+    try:
+        yield
+    except BaseException:
+        await asyncio.shield(terminate_workflows(client, ids))
+        raise
 
 
 async def gather_limited(factories: Iterable[Callable[[], Awaitable[T]]],

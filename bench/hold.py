@@ -15,12 +15,47 @@ import time
 from functools import partial
 from typing import Any
 
-from bench.harness import Bench, gather_limited, wait_closed, wait_store
+from activities.store import Store
+from bench.harness import (
+    Bench,
+    gather_limited,
+    terminated_on_failure,
+    wait_closed,
+    wait_store,
+)
 from bench.procs import diff_counts
 from bench.provisioning import POOL_FULL, orgs_for, sdk_counts, sdk_delta, terminate_guards
-from workflows.contracts import connection_workflow_id
+from starter.client import ConnectionsClient
+from workflows.contracts import connection_workflow_id, org_guard_workflow_id
 
-CREATE_CONCURRENCY = 50  # create() calls in flight (this run measures memory, not speed)
+# At most this many connections provisioning at once: this run measures memory, not
+# speed, and a backlog far beyond the worker's pace ends connections with SLOT_TIMEOUT
+# (the guard's answer queued behind everything else for more than 60 s).
+WINDOW = 50
+
+
+async def paced_creates(cc: ConnectionsClient, store: Store, service: str,
+                        pairs: list[tuple[str, str]]) -> None:
+    started = 0
+    done = 0
+    for batch_start in range(0, len(pairs), 10):
+        stalled_until = time.monotonic() + 300
+        while started - done >= WINDOW:
+            await asyncio.sleep(0.5)
+            counts = await asyncio.to_thread(store.count_by_status)
+            if counts.get("Failed"):
+                raise RuntimeError(f"connections failed while provisioning: {counts}")
+            now_done = counts.get("Active", 0) + counts.get("Degraded", 0)
+            if now_done > done:
+                done, stalled_until = now_done, time.monotonic() + 300
+            elif time.monotonic() > stalled_until:
+                raise TimeoutError(f"no connection became Active in 300s: {counts}")
+        batch = pairs[batch_start:batch_start + 10]
+        await asyncio.gather(*(cc.create(org, service, connection_id=cid)
+                               for org, cid in batch))
+        started += len(batch)
+
+
 DRIFT_READ = "DescribeVpcEndpoints"
 
 
@@ -29,11 +64,13 @@ async def run(b: Bench) -> dict[str, Any]:
     prefix = b.name("hold")
     pairs = orgs_for(prefix, n, b.opts.per_org)
     orgs = {org for org, _ in pairs}
-    async with b.privnet_worker(prefix, drift_check_interval_seconds=interval) as w:
+    owned = [connection_workflow_id(org, cid) for org, cid in pairs]
+    owned += [org_guard_workflow_id(org) for org in orgs]
+    async with (b.privnet_worker(prefix, drift_check_interval_seconds=interval) as w,
+                terminated_on_failure(b.client, owned)):
         cc, store = w.client(), w.the_store()
         t0 = time.monotonic()
-        await gather_limited([partial(cc.create, org, b.service, connection_id=cid)
-                              for org, cid in pairs], CREATE_CONCURRENCY)
+        await paced_creates(cc, store, b.service, pairs)
         t_active = await wait_store(store, "Active", n, within=600 + 2 * n, interval=1)
         rss_at_active = b.sampler.window("worker", t_active - 1)["last_mb"]
         aws0, m0 = b.admin.requests(), sdk_counts(w.sdk_metrics())
@@ -53,8 +90,7 @@ async def run(b: Bench) -> dict[str, Any]:
         counts_end = await asyncio.to_thread(store.count_by_status)
         before_delete = counts_end.get("Deleted", 0)
         t2 = time.monotonic()
-        await gather_limited([partial(cc.delete, org, cid) for org, cid in pairs],
-                             CREATE_CONCURRENCY)
+        await gather_limited([partial(cc.delete, org, cid) for org, cid in pairs], 50)
         t3 = await wait_store(store, "Deleted", before_delete + n, within=600 + 2 * n,
                               interval=1)
         await wait_closed(b.client, [connection_workflow_id(o, c) for o, c in pairs],

@@ -15,7 +15,15 @@ from typing import Any
 
 from temporalio.client import WorkflowHandle
 
-from bench.harness import Bench, Worker, cpu_per, per, wait_closed, wait_store
+from bench.harness import (
+    Bench,
+    Worker,
+    cpu_per,
+    per,
+    terminated_on_failure,
+    wait_closed,
+    wait_store,
+)
 from bench.histories import average, history_counts
 from bench.procs import diff_counts, metric
 from bench.workflows import BASELINE_TASK_QUEUE, BaselineWorkflow
@@ -115,7 +123,10 @@ async def provisioning(b: Bench, n: int) -> dict[str, Any]:
     prefix = b.name("prov")
     pairs = orgs_for(prefix, n, b.opts.per_org)
     orgs = {org for org, _ in pairs} | {f"{prefix}-warm"}
-    async with b.privnet_worker(prefix) as w:
+    owned = [connection_workflow_id(org, cid) for org, cid in pairs]
+    owned += [connection_workflow_id(f"{prefix}-warm", f"w{i}") for i in range(2)]
+    owned += [org_guard_workflow_id(org) for org in orgs]
+    async with b.privnet_worker(prefix) as w, terminated_on_failure(b.client, owned):
         cc, store = w.client(), w.the_store()
         await warm_up(w, b, f"{prefix}-warm")
         before = await asyncio.to_thread(store.count_by_status)

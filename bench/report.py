@@ -121,6 +121,12 @@ def summarize(results: dict[str, Any], opts: Any) -> dict[str, Any]:
                 r["sdk_during_drift_rounds"]["sticky_cache_forced_evictions"] for r in h],
             "cache_size_end": [r["sdk_during_drift_rounds"]["sticky_cache_size_end"] for r in h],
             "max_degraded_seen": [r["max_degraded_seen"] for r in h],
+            "create_per_s": [r["create_throughput"] for r in h],
+            "delete_per_s": [r["delete_throughput"] for r in h],
+            "workflow_tasks_per_connection_per_round": [
+                r.get("workflow_tasks_per_connection_per_round") for r in h],
+            "aws_calls_per_connection_per_round": [
+                round(sum(r["aws_calls_per_connection_per_round"].values()), 2) for r in h],
         }
     if results["guard"]:
         g: dict[str, Any] = {}
@@ -209,6 +215,13 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, list[Any], str, str]]:
         out.append(("forced evictions during drift rounds", h["forced_evictions_during_drift"],
                     "", ""))
         out.append(("sticky cache size at end", h["cache_size_end"], "", ""))
+        out.append(("workflow tasks/connection/drift round",
+                    h["workflow_tasks_per_connection_per_round"], "", ""))
+        out.append(("AWS calls/connection/drift round", h["aws_calls_per_connection_per_round"],
+                    "", ""))
+        out.append((f"creates/s while holding (<= 50 provisioning at once), N={n}",
+                    h["create_per_s"], "", ""))
+        out.append((f"deletes/s, N={n}", h["delete_per_s"], "", ""))
         out.append(("dev server RSS MB peak", h["dev_server_rss_peak_mb"], "", ""))
     for key, g in s.get("guard_decisions", {}).items():
         label = key.replace("_", " ")

@@ -59,7 +59,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
                    help="connection histories counted per run (default 10)")
     p.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
     p.add_argument("--label", help="file name of the results (default: UTC timestamp)")
+    p.add_argument("--render", metavar="JSON",
+                   help="only redo the summary, table and chart of a results file")
     a = p.parse_args(argv)
+    if a.render:
+        render(Path(a.render))
+        sys.exit(0)
     quick = bool(a.quick)
     scenarios = a.only.split(",") if a.only else list(SCENARIOS)
     unknown = set(scenarios) - set(SCENARIOS)
@@ -128,7 +133,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-async def run_scenarios(b: Bench, results: dict[str, Any]) -> None:
+async def run_scenarios(b: Bench, results: dict[str, Any], meta: dict[str, Any]) -> None:
     from bench import guard, hold, provisioning, skipping
 
     skip_env = None
@@ -171,6 +176,7 @@ async def run_scenarios(b: Bench, results: dict[str, Any]) -> None:
                                               "traceback": traceback.format_exc()})
                     log(f"  {scenario} FAILED: {type(err).__name__}: {err}")
                 log(f"  ({time.monotonic() - t0:.0f}s)")
+                save_partial({"meta": meta, "results": results}, b.opts)
     finally:
         if skip_env is not None:
             await skip_env.shutdown()
@@ -206,7 +212,7 @@ async def amain(opts: Options) -> int:
         b = Bench(opts=opts, run_dir=run_dir, dev=dev, address=address, sandboxes=sandboxes,
                   sampler=sampler, client=client, admin=AwsAdmin(sandboxes.info["aws_url"]))
         t0 = time.monotonic()
-        await run_scenarios(b, results)
+        await run_scenarios(b, results, meta)
         meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
         meta["wall_minutes"] = round((time.monotonic() - t0) / 60, 1)
         meta["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -214,6 +220,7 @@ async def amain(opts: Options) -> int:
         meta["notes"] = report.NOTES
         doc = {"meta": meta, "results": results, "summary": report.summarize(results, opts)}
         paths = report.write(doc, opts)
+        (opts.out_dir / f"{opts.label}.partial.json").unlink(missing_ok=True)
         print(report.table(doc))
         log("wrote " + ", ".join(str(p) for p in paths))
         ok = not results["errors"]
@@ -227,6 +234,26 @@ async def amain(opts: Options) -> int:
         else:
             log(f"kept {run_dir} (process logs) for inspection")
     return 0 if ok else 1
+
+
+def render(path: Path) -> None:
+    """Summary, Markdown table and chart again from a results file (after a change to the
+    report, or to compare runs), written beside it."""
+    doc = json.loads(path.read_text())
+    o = doc["meta"]["options"]
+    opts = argparse.Namespace(pending_times=o["pending_times"], acceptance_wait=o["acceptance_wait"],
+                              out_dir=path.parent, label=path.stem)
+    doc["summary"] = report.summarize(doc["results"], opts)
+    doc["meta"]["notes"] = report.NOTES
+    report.write(doc, opts)
+    print(report.table(doc))
+
+
+def save_partial(doc: dict[str, Any], opts: Options) -> None:
+    """The results so far, after every scenario: a run stopped halfway keeps them."""
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    path = opts.out_dir / f"{opts.label}.partial.json"
+    path.write_text(dump(doc) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

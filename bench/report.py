@@ -107,37 +107,62 @@ def summarize(results: dict[str, Any], opts: Any) -> dict[str, Any]:
         }
     if results["hold"]:
         h = results["hold"]
+
+        def g(r: dict[str, Any], *path: str) -> Any:
+            for key in path:
+                if not isinstance(r, dict) or key not in r:
+                    return None
+                r = r[key]
+            return r
+
+        def peak(r: dict[str, Any]) -> Any:
+            return g(r, "worker_rss_mb", "whole_run", "peak_mb") or g(
+                r, "at_failure", "worker_rss_mb", "peak_mb")
+
         s["hold"] = {
             "connections": h[0]["connections"],
             "drift_interval_s": h[0]["drift_interval_s"],
-            "worker_rss_all_active_mb": [r["worker_rss_mb"]["all_active"] for r in h],
+            "completed": [bool(r.get("completed")) for r in h],
+            "errors": [r.get("error") for r in h],
+            "active_at_failure": [g(r, "at_failure", "status_counts", "Active") for r in h],
+            "worker_rss_all_active_mb": [g(r, "worker_rss_mb", "all_active") for r in h],
             "worker_rss_peak_drift_mb": [
-                r["worker_rss_mb"]["during_drift_rounds"]["peak_mb"] for r in h],
-            "worker_rss_peak_whole_mb": [r["worker_rss_mb"]["whole_run"]["peak_mb"] for r in h],
-            "dev_server_rss_peak_mb": [r["dev_server_rss_mb"]["peak_mb"] for r in h],
+                g(r, "worker_rss_mb", "during_drift_rounds", "peak_mb") for r in h],
+            "worker_rss_peak_whole_mb": [peak(r) for r in h],
+            "dev_server_rss_peak_mb": [
+                g(r, "dev_server_rss_mb", "peak_mb") or g(r, "at_failure", "dev_server_rss_mb",
+                                                          "peak_mb") for r in h],
             "full_replays_during_drift": [
-                r["sdk_during_drift_rounds"]["sticky_cache_misses"] for r in h],
+                g(r, "sdk_during_drift_rounds", "sticky_cache_misses") for r in h],
             "forced_evictions_during_drift": [
-                r["sdk_during_drift_rounds"]["sticky_cache_forced_evictions"] for r in h],
-            "cache_size_end": [r["sdk_during_drift_rounds"]["sticky_cache_size_end"] for r in h],
-            "max_degraded_seen": [r["max_degraded_seen"] for r in h],
-            "create_per_s": [r["create_throughput"] for r in h],
-            "delete_per_s": [r["delete_throughput"] for r in h],
+                g(r, "sdk_during_drift_rounds", "sticky_cache_forced_evictions") for r in h],
+            "cache_misses_until_failure": [g(r, "at_failure", "sdk", "sticky_cache_misses")
+                                           for r in h],
+            "forced_evictions_until_failure": [
+                g(r, "at_failure", "sdk", "sticky_cache_forced_evictions") for r in h],
+            "workflow_pollers_at_failure": [g(r, "at_failure", "workflow_task_pollers")
+                                            for r in h],
+            "cache_size_end": [g(r, "sdk_during_drift_rounds", "sticky_cache_size_end")
+                               or g(r, "at_failure", "sdk", "sticky_cache_size") for r in h],
+            "max_degraded_seen": [r.get("max_degraded_seen") for r in h],
+            "create_per_s": [r.get("create_throughput") for r in h],
+            "delete_per_s": [r.get("delete_throughput") for r in h],
             "workflow_tasks_per_connection_per_round": [
                 r.get("workflow_tasks_per_connection_per_round") for r in h],
             "aws_calls_per_connection_per_round": [
-                round(sum(r["aws_calls_per_connection_per_round"].values()), 2) for r in h],
+                round(sum(r["aws_calls_per_connection_per_round"].values()), 2)
+                if "aws_calls_per_connection_per_round" in r else None for r in h],
         }
     if results["guard"]:
-        g: dict[str, Any] = {}
+        gd: dict[str, Any] = {}
         for key in results["guard"][0]:
             if key == "rep":
                 continue
-            g[key] = {
+            gd[key] = {
                 "cold_per_s": [r[key]["cold"]["decisions_per_second"] for r in results["guard"]],
                 "warm_per_s": [r[key]["warm"]["decisions_per_second"] for r in results["guard"]],
             }
-        s["guard_decisions"] = g
+        s["guard_decisions"] = gd
     return s
 
 
@@ -204,14 +229,27 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, list[Any], str, str]]:
     if "hold" in s:
         h = s["hold"]
         n = h["connections"]
+        out.append((f"{n} Active connections held through 2 drift rounds", h["completed"],
+                    "yes", met(h["completed"])))
+        if not all(h["completed"]):
+            out.append(("  Active when the worker stopped progressing", h["active_at_failure"],
+                        "", ""))
+            out.append(("  workflow-task pollers at that point", h["workflow_pollers_at_failure"],
+                        "", ""))
+            out.append(("  sticky cache misses (full replays) until then",
+                        h["cache_misses_until_failure"], "", ""))
+            out.append(("  forced evictions until then", h["forced_evictions_until_failure"],
+                        "", ""))
         out.append((f"worker RSS MB, {n} Active (idle)", h["worker_rss_all_active_mb"], "", ""))
         out.append((f"worker RSS MB peak, 2 drift rounds ({h['drift_interval_s']:.0f}s)",
                     h["worker_rss_peak_drift_mb"], f"< {GOALS['rss_peak_mb']}",
-                    met([v < GOALS["rss_peak_mb"] for v in h["worker_rss_peak_drift_mb"]])))
-        out.append(("worker RSS MB peak, whole run", h["worker_rss_peak_whole_mb"], "", ""))
+                    met([v < GOALS["rss_peak_mb"] for v in _vals(h["worker_rss_peak_drift_mb"])])))
+        out.append(("worker RSS MB peak, whole run", h["worker_rss_peak_whole_mb"],
+                    f"< {GOALS['rss_peak_mb']}",
+                    met([v < GOALS["rss_peak_mb"] for v in _vals(h["worker_rss_peak_whole_mb"])])))
         out.append(("full replays (sticky cache misses) in drift rounds",
                     h["full_replays_during_drift"], "0",
-                    met([v == 0 for v in h["full_replays_during_drift"]])))
+                    met([v == 0 for v in _vals(h["full_replays_during_drift"])])))
         out.append(("forced evictions during drift rounds", h["forced_evictions_during_drift"],
                     "", ""))
         out.append(("sticky cache size at end", h["cache_size_end"], "", ""))
@@ -300,6 +338,13 @@ def one_line_skip(r: dict[str, Any]) -> str:
 
 
 def one_line_hold(r: dict[str, Any]) -> str:
+    if not r.get("completed"):
+        f = r.get("at_failure", {})
+        return (f"FAILED ({r.get('error')}): statuses {f.get('status_counts')}, worker RSS peak "
+                f"{f.get('worker_rss_mb', {}).get('peak_mb')} MB, workflow pollers "
+                f"{f.get('workflow_task_pollers')}, cache misses "
+                f"{f.get('sdk', {}).get('sticky_cache_misses')}, evictions "
+                f"{f.get('sdk', {}).get('sticky_cache_forced_evictions')}")
     d = r["worker_rss_mb"]["during_drift_rounds"]
     sdk = r["sdk_during_drift_rounds"]
     return (f"{r['connections']} Active: worker RSS {r['worker_rss_mb']['all_active']} MB, "

@@ -51,7 +51,7 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 		|| $(BIN)/python -m pip install --no-build-isolation -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-## The benchmark of issue 12 (long: ~45 min; BENCH_ARGS=--quick for N=20, one repetition;
+## The benchmark of issue 12 (long: ~65 min here; BENCH_ARGS=--quick for N=20, one repetition;
 ## python -m bench --help for the options). Results in bench/results/.
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -257,7 +257,11 @@ async def terminate_workflows(client: Client, workflow_ids: Iterable[str]) -> No
         except Exception:  # noqa: BLE001 - closed already or never started
             pass
 
-    await gather_limited([partial(one, wid) for wid in workflow_ids], 50)
+    try:
+        async with asyncio.timeout(300):  # the client retries forever if the server is gone
+            await gather_limited([partial(one, wid) for wid in workflow_ids], 50)
+    except TimeoutError:
+        pass
 
 
 @asynccontextmanager

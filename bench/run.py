@@ -10,7 +10,11 @@ every scenario side by side on them, each with a fresh worker process:
   30-150 s);
 - ``hold``: RSS of one worker holding 1,000 Active connections through two drift rounds.
 
-Prints a table, writes ``bench/results/<label>.json``, ``.md`` and ``.png``.
+Prints a table, writes ``bench/results/<label>.json`` (every figure of every repetition and
+its breakdown), ``.md`` (the table) and ``.png`` (throughput against N); the results so far
+are kept in ``<label>.partial.json`` after every scenario, and ``--render FILE`` redoes the
+table and chart of a results file. Process logs stay in a temporary directory when a
+scenario failed.
 """
 
 from __future__ import annotations

@@ -8,9 +8,11 @@ BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.privnet-installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
+BENCH_STAMP := $(VENV)/.privnet-bench-installed
 PACKAGES  := workflows activities starter sandbox migrations settings.py worker.py
 
-.PHONY: demo test lint typecheck pytest e2e dev install clean
+.PHONY: demo test lint typecheck pytest e2e dev install clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +45,16 @@ pytest: $(STAMP)
 
 e2e: $(STAMP)
 	$(BIN)/pytest -q -m e2e $(PYTEST_ARGS)
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install -e '.[dev,bench]' \
+		|| $(BIN)/python -m pip install --no-build-isolation -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+## The benchmark of issue 12 (long: ~65 min here; BENCH_ARGS=--quick for N=20, one repetition;
+## python -m bench --help for the options). Results in bench/results/.
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 ## The stack in the foreground (writes .privnet/stack.json).
 dev: $(STAMP)

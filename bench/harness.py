@@ -127,7 +127,7 @@ class Bench:
     @asynccontextmanager
     async def privnet_worker(
         self, tag: str, *, temporal_client: Client | None = None,
-        temporal_address: str | None = None, requester: bool = False, **overrides: Any,
+        temporal_address: str | None = None, **overrides: Any,
     ) -> AsyncIterator[Worker]:
         """The production worker in its own process, a fresh store, and the driver's
         ``ConnectionsClient`` with the same settings."""
@@ -135,10 +135,9 @@ class Bench:
         port = free_port_pair()
         values = self.values(temporal_address=temporal_address, database_url=url,
                              metrics_port=port, **overrides)
-        extra = ("--requester",) if requester else ()
         proc = await asyncio.to_thread(
             start_worker, f"worker-{tag}", "privnet", self.worker_env(values),
-            self.run_dir / "logs", *extra)
+            self.run_dir / "logs")
         self.sampler.watch("worker", proc.pid)
         settings = Settings(**values)
         cc = ConnectionsClient(temporal_client or self.client, store, settings)

@@ -1,9 +1,8 @@
-"""``python -m bench.worker_proc privnet|baseline [--requester]``: one worker process.
+"""``python -m bench.worker_proc privnet|baseline``: one worker process.
 
 ``privnet`` is the production worker: ``worker.build_worker`` with the real activities,
 configured from ``PRIVNET_*`` exactly like ``privnet worker`` (logging, SDK metrics on
-``PRIVNET_METRICS_PORT``, privnet's AWS call counters on the port after it);
-``--requester`` also registers ``SlotRequester`` (the org guard scenario only).
+``PRIVNET_METRICS_PORT``, privnet's AWS call counters on the port after it).
 ``baseline`` runs ``BaselineWorkflow`` on its own task queue with the same runtime and the
 same concurrency settings. Prints ``READY`` once polling; SIGTERM shuts down cleanly.
 """
@@ -18,12 +17,12 @@ from typing import Any
 
 from temporalio.worker import Worker
 
-from bench.workflows import BASELINE_TASK_QUEUE, BaselineWorkflow, SlotRequester, noop
+from bench.workflows import BASELINE_TASK_QUEUE, BaselineWorkflow, noop
 from settings import get_settings
 from worker import build_worker, configure_logging, connect, runtime_for
 
 
-async def run(mode: str, requester: bool) -> None:
+async def run(mode: str) -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
     if settings.metrics_port is not None and mode == "privnet":
@@ -33,8 +32,7 @@ async def run(mode: str, requester: bool) -> None:
     client = await connect(settings, runtime_for(settings))
     worker: Any
     if mode == "privnet":
-        worker = build_worker(client, settings,
-                              extra_workflows=[SlotRequester] if requester else ())
+        worker = build_worker(client, settings)
     else:
         # build_worker's concurrency and cache settings, nothing privnet-specific.
         worker = Worker(
@@ -58,9 +56,8 @@ async def run(mode: str, requester: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["privnet", "baseline"])
-    parser.add_argument("--requester", action="store_true")
     args = parser.parse_args()
-    asyncio.run(run(args.mode, args.requester))
+    asyncio.run(run(args.mode))
 
 
 if __name__ == "__main__":

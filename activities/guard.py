@@ -6,6 +6,9 @@ guard workflow is addressed by name so activities never import workflow code.
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
 from typing import Any
 
 from temporalio import activity
@@ -40,6 +43,14 @@ from workflows.contracts import (
 )
 
 GUARD_WORKFLOW = "OrgGuardWorkflow"
+# The server takes at most 10 updates in flight per workflow (history.maxInFlightUpdates):
+# a burst of creates for one org is asked again shortly, inside the attempt, before the
+# activity's own retry (1 s and up) is used.
+IN_FLIGHT_RETRY_SECONDS = 20.0
+# RESOURCE_EXHAUSTED: too many updates in flight, or the guard is closing to continue as
+# new; UNAVAILABLE: "workflow update was aborted" by that continue-as-new. Both are
+# asked again under the same update id (a decision already made is returned as is).
+ASK_AGAIN = frozenset({RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE})
 
 
 class GuardActivities:
@@ -74,6 +85,23 @@ class GuardActivities:
         """Ask the org guard for a slot and return its decision, in one round trip
         (update-with-start creates the guard on first use). The update id is the
         requester's, so a retried attempt gets the first attempt's answer."""
+        deadline = time.monotonic() + IN_FLIGHT_RETRY_SECONDS
+        while True:
+            try:
+                return await self._update_with_start(req)
+            except RPCError as err:
+                if err.status not in ASK_AGAIN:
+                    raise
+                if time.monotonic() > deadline:
+                    raise ApplicationError(
+                        f"the org guard of {req.org_id} is busy "
+                        f"({err.message}); asking again",
+                        type="GUARD_BUSY",
+                    ) from err
+                await asyncio.sleep(random.uniform(0.02, 0.2))  # noqa: S311 - jitter only
+
+    async def _update_with_start(self, req: SlotRequest) -> SlotDecision:
+        # A with-start operation is used once: a new one for every try.
         start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
             GUARD_WORKFLOW,
             OrgGuardInput(

@@ -283,3 +283,24 @@ async def test_no_slot_decision_fails_clearly_instead_of_hanging(
     assert result.reason == "SLOT_TIMEOUT"
     assert "worker" in result.message
     assert world.effects(conn) == ["slot.release"]  # nothing provisioned; slot released
+
+
+async def test_a_burst_past_the_servers_in_flight_update_limit_is_all_answered(env: Env) -> None:
+    """The server holds at most 10 updates in flight per workflow; 200 creates of one org
+    at once all get their decision from the real acquire_slot activity (asked again inside
+    the attempt), none fails with the server's RESOURCE_EXHAUSTED."""
+    from activities.guard import GuardActivities
+
+    org = uid("org")
+    acts = GuardActivities(env.client, env.task_queue, 300)
+    async with asyncio.timeout(90):
+        decisions = await asyncio.gather(*(
+            acts.acquire_slot(SlotRequest(
+                org_id=org, connection_id=f"{org}-c{i}", workflow_id=f"{org}-w{i}",
+                default_limit=150))
+            for i in range(200)))
+    assert sum(d.granted for d in decisions) == 150
+    usage = await env.usage(org)
+    assert usage.usage == 150
+    assert sorted(usage.holders) == sorted(
+        f"{org}-c{i}" for i, d in enumerate(decisions) if d.granted)

@@ -9,10 +9,11 @@ STAMP     := $(VENV)/.privnet-installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+SOAK_ARGS ?=
 BENCH_STAMP := $(VENV)/.privnet-bench-installed
-PACKAGES  := workflows activities starter sandbox migrations settings.py worker.py
+PACKAGES  := workflows activities starter sandbox migrations soak settings.py worker.py
 
-.PHONY: demo test lint typecheck pytest e2e dev install clean bench
+.PHONY: demo test lint typecheck pytest e2e dev install clean bench soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +56,11 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 ## python -m bench --help for the options). Results in bench/results/.
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## The fault soak of issue 10: random operations and faults against a stack of its own, then
+## the invariant checker (SOAK_ARGS="--duration 600 --seed 7"; privnet soak --help).
+soak: $(STAMP)
+	$(BIN)/python -m soak $(SOAK_ARGS)
 
 ## The stack in the foreground (writes .privnet/stack.json).
 dev: $(STAMP)

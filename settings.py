@@ -107,6 +107,9 @@ class Settings(BaseSettings):
         600, description="compensation blocked by an operator-fixable error retries this often"
     )
     slot_decision_timeout_seconds: float = 300
+    step_timeout_seconds: float = Field(
+        60, description="one attempt of a step; a dead worker's attempt is retried after this"
+    )
     guard_leak_check_interval_seconds: float = 300
 
     # HTTP API. A JSON list (each token acts for every org, as the dashboard backend does)

@@ -113,6 +113,18 @@ class GuardActivities:
             static_summary=f"privnet org guard for {req.org_id}",
         )
         try:
+            return await self._execute(req, start)
+        finally:
+            # A failed operation leaves its error in the start's handle future too; read
+            # it so asyncio does not log "Future exception was never retrieved".
+            fut = getattr(start, "_workflow_handle", None)
+            if fut is not None and fut.done() and not fut.cancelled():
+                fut.exception()
+
+    async def _execute(
+        self, req: SlotRequest, start: WithStartWorkflowOperation[Any, Any]
+    ) -> SlotDecision:
+        try:
             decision: SlotDecision = await self._client.execute_update_with_start_workflow(
                 UPDATE_ACQUIRE_SLOT,
                 AcquireRequest(connection_id=req.connection_id, workflow_id=req.workflow_id),

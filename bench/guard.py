@@ -13,11 +13,27 @@ import asyncio
 import time
 from typing import Any
 
+from temporalio.exceptions import ApplicationError
+
 from activities.guard import GuardActivities
 from bench.harness import Bench, cpu_per
 from bench.histories import history_counts
 from bench.provisioning import sdk_counts, sdk_delta, terminate_guards
 from workflows.contracts import SlotRequest, org_guard_workflow_id
+
+
+async def ask(guard_acts: GuardActivities, req: SlotRequest) -> Any:
+    """As the connection's activity is retried by Temporal (1 s, doubling, at most 10 s)
+    when the guard answers GUARD_BUSY (more than the server's 10 updates in flight)."""
+    delay = 1.0
+    while True:
+        try:
+            return await guard_acts.acquire_slot(req)
+        except ApplicationError as err:
+            if err.type != "GUARD_BUSY":
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 10.0)
 
 
 async def burst(b: Bench, guard_acts: GuardActivities, prefix: str,
@@ -26,7 +42,7 @@ async def burst(b: Bench, guard_acts: GuardActivities, prefix: str,
     t0 = time.monotonic()
     async with asyncio.timeout(300):
         decisions = await asyncio.gather(*(
-            guard_acts.acquire_slot(SlotRequest(
+            ask(guard_acts, SlotRequest(
                 org_id=orgs[i % len(orgs)], connection_id=f"{prefix}-c{i}",
                 workflow_id=f"{prefix}-r{i}", default_limit=100_000))
             for i in range(m)))

@@ -101,8 +101,10 @@ class Stack:
         worker: bool = True,
         api: bool = True,
         log: Any = None,
+        database_url: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.database_url = database_url  # None: SQLite in the data directory
         self.with_worker = worker
         self.with_api = api
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -161,7 +163,7 @@ class Stack:
         _wait_tcp(temporal_port, 60, self.procs["temporal"])
         self._wait_temporal(f"127.0.0.1:{temporal_port}")
 
-        database_url = f"sqlite:///{self.data_dir / 'privnet.db'}"
+        database_url = self.database_url or f"sqlite:///{self.data_dir / 'privnet.db'}"
         from activities.store import Store
         from migrations import upgrade
 

@@ -612,6 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub.add_parser("current", help="show the store's schema revision", parents=[common])
 
     sub.add_parser("worker", help="run the Temporal worker", parents=[common])
+    sub.add_parser("soak", add_help=False,
+                   help="random operations and faults against a stack of its own, then an "
+                   "invariant check (privnet soak --help)")
     api = sub.add_parser("api", help="run the HTTP API", parents=[common])
     api.add_argument("--host")
     api.add_argument("--port", type=int)
@@ -640,6 +643,11 @@ ASYNC_COMMANDS: dict[str, AsyncCmd] = {
 
 
 def run(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["soak"]:  # its own options (soak/run.py); it starts its own stack
+        from soak.run import main as soak_main
+
+        return soak_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     from starter.client import Conflict, NotFound, Unavailable

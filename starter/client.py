@@ -192,6 +192,7 @@ def connection_options(settings: Settings) -> ConnectionOptions:
         cleanup_max_backoff=timedelta(seconds=settings.cleanup_max_backoff_seconds),
         slot_decision_timeout=timedelta(seconds=settings.slot_decision_timeout_seconds),
         default_org_limit=settings.default_org_limit,
+        step_timeout=timedelta(seconds=settings.step_timeout_seconds),
     )
 
 

@@ -360,6 +360,13 @@ class ConnectionsClient:
         if state is not None:
             self._check_same(state, service_name)
         view = await self._store_get(org_id, cid, with_timeline=False)
+        if state is None:
+            # No worker answered: the store, else the started workflow's own input, tells
+            # whether this id already names another service (the start above was then a
+            # no-op on the existing workflow).
+            existing = view or await self._started_input(handle)
+            if existing is not None:
+                self._check_same(existing, service_name)
         if state is not None:
             fresh = view_from_state(
                 state, workflow_id=wid, created_at=view.created_at if view else None
@@ -386,8 +393,23 @@ class ConnectionsClient:
             updated_at=datetime.now(UTC),
         )
 
+    async def _started_input(self, handle: WorkflowHandle[Any, Any]) -> ConnectionInput | None:
+        """The input the workflow was started with (its first history event)."""
+        try:
+            async for event in handle.fetch_history_events():
+                payloads = event.workflow_execution_started_event_attributes.input.payloads
+                decoded = await self.temporal.data_converter.decode(
+                    payloads, [ConnectionInput]
+                )
+                return decoded[0] if decoded and isinstance(decoded[0], ConnectionInput) else None
+        except (RPCError, ValueError, TypeError):
+            return None
+        return None
+
     @staticmethod
-    def _check_same(existing: ConnectionView | ConnectionState, service_name: str) -> None:
+    def _check_same(
+        existing: ConnectionView | ConnectionState | ConnectionInput, service_name: str
+    ) -> None:
         """A reused connection id must name the same service (idempotent create)."""
         if existing.endpoint_service_name != service_name:
             raise Conflict(

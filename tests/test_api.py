@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -290,3 +291,24 @@ async def test_reusing_a_connection_id_for_another_service_is_409(api: ApiEnv) -
     err = _assert_error(r, 409, "CONNECTION_EXISTS")
     assert "choose another connection id" in err["message"]
     await api.client.delete(org, "db")
+
+
+async def test_reusing_an_id_for_another_service_is_refused_even_before_a_worker_answers(
+    api: ApiEnv,
+) -> None:
+    """Found by the soak: with no worker answering the status query (killed, or not yet
+    polling) and no store row yet, a create naming another service under an existing id was
+    answered as if taken, though Temporal had kept the first workflow and its service."""
+    from starter.client import Conflict, ConnectionsClient
+
+    org = _org()
+    idle = ConnectionsClient(api.client.temporal, api.client.store,
+                             api.settings.model_copy(update={"task_queue": "no-worker-" + org}))
+    first = api.seed.customer_services["allowed"]
+    other = api.seed.customer_services["acceptance_required"]
+    view = await idle.create(org, first, connection_id="db", wait_admission=timedelta(0))
+    assert view.status == "Pending"
+    with pytest.raises(Conflict) as err:
+        await idle.create(org, other, connection_id="db", wait_admission=timedelta(0))
+    assert err.value.code == "CONNECTION_EXISTS"
+    await api.client.temporal.get_workflow_handle(view.workflow_id).terminate("test over")

@@ -38,6 +38,7 @@ class ConnTruth:
     query_status: str | None = None
     pending_activities: int = 0
     open_timers: int = 0
+    task_attempt: int = 0  # the pending workflow task's attempt (0: none pending)
     history_tail: list[str] = field(default_factory=list)
 
 
@@ -47,6 +48,7 @@ class GuardTruth:
     wf_status: str | None
     pending_activities: int = 0
     open_timers: int = 0
+    task_attempt: int = 0
     history_tail: list[str] = field(default_factory=list)
 
 
@@ -348,14 +350,25 @@ def _timelines(truth: Truth) -> list[Violation]:
     return out
 
 
+def _waiting_on(t: ConnTruth | GuardTruth) -> str | None:
+    """Why a running workflow is stuck, or None when something will wake it: a pending
+    activity, a timer, or a workflow task (one failing over and over does not count)."""
+    if t.task_attempt > 3:
+        return f"its workflow task keeps failing (attempt {t.task_attempt})"
+    if t.pending_activities or t.open_timers or t.task_attempt:
+        return None
+    return "no pending activity, timer or workflow task"
+
+
 def _stuck(truth: Truth) -> list[Violation]:
     out: list[Violation] = []
     for (org, cid), t in truth.conns.items():
-        if t.wf_status == "RUNNING" and not t.pending_activities and not t.open_timers:
-            out.append(Violation("stuck", org, cid, f"running ({t.store and t.store['status']})"
-                                 " with no pending activity and no timer"))
+        why = _waiting_on(t) if t.wf_status == "RUNNING" else None
+        if why:
+            out.append(Violation("stuck", org, cid, f"running "
+                                 f"({t.store and t.store['status']}): {why}"))
     for org, g in truth.guards.items():
-        if g.wf_status == "RUNNING" and not g.pending_activities and not g.open_timers:
-            out.append(Violation("stuck", org, None, "org guard running with no pending "
-                                 "activity and no timer"))
+        why = _waiting_on(g) if g.wf_status == "RUNNING" else None
+        if why:
+            out.append(Violation("stuck", org, None, f"org guard running: {why}"))
     return out

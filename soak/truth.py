@@ -78,6 +78,8 @@ async def _workflow(client: Client, wid: str) -> dict[str, Any] | None:
         "status": status,
         "sa": desc.typed_search_attributes.get(SA_STATUS),
         "pending": len(desc.raw_description.pending_activities),
+        "task_attempt": (desc.raw_description.pending_workflow_task.attempt or 1)
+        if desc.raw_description.HasField("pending_workflow_task") else 0,
         "timers": len(timers),
         "tail": tail,
         "handle": handle,
@@ -115,6 +117,7 @@ async def conn_truth(client: Client, store: Store, keys: set[tuple[str, str]],
             if wf is not None:
                 t.wf_status, t.sa_status = wf["status"], wf["sa"]
                 t.pending_activities, t.open_timers = wf["pending"], wf["timers"]
+                t.task_attempt = wf["task_attempt"]
                 t.history_tail = wf["tail"]
                 t.query_status = await _query(wf["handle"])
             return t
@@ -130,6 +133,7 @@ async def guard_truth(client: Client, orgs: list[str]) -> dict[str, GuardTruth]:
         out[org] = GuardTruth(org=org, wf_status=wf["status"] if wf else None,
                               pending_activities=wf["pending"] if wf else 0,
                               open_timers=wf["timers"] if wf else 0,
+                              task_attempt=wf["task_attempt"] if wf else 0,
                               history_tail=wf["tail"] if wf else [])
     return out
 

@@ -364,9 +364,9 @@ class ConnectionsClient:
             # No worker answered: the store, else the started workflow's own input, tells
             # whether this id already names another service (the start above was then a
             # no-op on the existing workflow).
-            existing = view or await self._started_input(handle)
-            if existing is not None:
-                self._check_same(existing, service_name)
+            known: ConnectionView | ConnectionInput | None = view or await self._started_input(handle)
+            if known is not None:
+                self._check_same(known, service_name)
         if state is not None:
             fresh = view_from_state(
                 state, workflow_id=wid, created_at=view.created_at if view else None

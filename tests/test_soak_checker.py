@@ -208,3 +208,12 @@ def test_a_workflow_waiting_on_nothing_is_stuck(world: dict[str, Any]) -> None:
     stuck = [v for v in check(world["ops"], world["conns"], world["truth"], [ORG, OTHER], 2)
              if v.rule == "stuck"]
     assert [(v.org, v.cid) for v in stuck] == [(ORG, "db"), (ORG, None)]
+
+
+def test_a_workflow_task_in_flight_is_progress_but_one_failing_again_and_again_is_stuck(
+        world: dict[str, Any]) -> None:
+    t = world["truth"].conns[(ORG, "db")]
+    t.open_timers, t.task_attempt = 0, 1  # caught between a timer and its activity
+    assert rules(world) == []
+    t.task_attempt = 7  # e.g. a non-determinism error on every attempt
+    assert rules(world) == ["stuck"]

@@ -211,7 +211,7 @@ async def soak(args: argparse.Namespace) -> int:
             f"{args.fault_rate}")
         await asyncio.gather(
             driver.run(until, args.concurrency),
-            chaos(world, rng, until, max(8.0, args.duration / 6), orgs, events))
+            chaos(world, rng, until, min(40.0, max(8.0, args.duration / 6)), orgs, events))
         faults = fault_counts(world)
         crashed = world.dead_workers()
         log(f"{len(driver.ops)} operations; settling (faults off)")

@@ -51,6 +51,10 @@ IN_FLIGHT_RETRY_SECONDS = 20.0
 # new; UNAVAILABLE: "workflow update was aborted" by that continue-as-new. Both are
 # asked again under the same update id (a decision already made is returned as is).
 ASK_AGAIN = frozenset({RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE})
+# Updates one worker process keeps in flight per guard: under the server's 10, so a burst
+# of one org's creates queues here instead of being refused and retried with backoff by
+# the client (several workers together may still pass 10: ASK_AGAIN covers that).
+IN_FLIGHT_PER_ORG = 8
 
 
 class GuardActivities:
@@ -58,6 +62,7 @@ class GuardActivities:
         self._client = client
         self._task_queue = task_queue
         self._leak_interval = leak_check_interval_seconds
+        self._gates: dict[str, asyncio.Semaphore] = {}
 
     async def _signal_with_start(self, org_id: str, limit: int, signal: str, arg: object) -> None:
         await self._client.start_workflow(
@@ -85,6 +90,11 @@ class GuardActivities:
         """Ask the org guard for a slot and return its decision, in one round trip
         (update-with-start creates the guard on first use). The update id is the
         requester's, so a retried attempt gets the first attempt's answer."""
+        gate = self._gates.setdefault(req.org_id, asyncio.Semaphore(IN_FLIGHT_PER_ORG))
+        async with gate:
+            return await self._ask(req)
+
+    async def _ask(self, req: SlotRequest) -> SlotDecision:
         deadline = time.monotonic() + IN_FLIGHT_RETRY_SECONDS
         while True:
             try:

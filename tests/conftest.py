@@ -4,10 +4,13 @@ the whole test session, with privnet's search attributes registered."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 
+import psycopg
 import pytest
 from hypothesis import settings as hyp_settings
+from sqlalchemy.engine import make_url
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -45,3 +48,33 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 @pytest.fixture
 async def temporal_client(temporal_env: WorkflowEnvironment) -> Client:
     return temporal_env.client
+
+
+@pytest.fixture(scope="session")
+def pg_schema_url() -> Iterator[Callable[[str], str]]:
+    """A factory of URLs pointing at fresh PostgreSQL schemas (dropped at session end)."""
+    base = make_url(POSTGRES_URL)
+    conninfo = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        admin = psycopg.connect(conninfo, autocommit=True, connect_timeout=3)
+    except psycopg.Error as e:
+        reason = f"PostgreSQL at PRIVNET_TEST_POSTGRES_URL={POSTGRES_URL} unreachable: {e}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    created: list[str] = []
+
+    def make(tag: str) -> str:
+        schema = f"privnet_test_{tag}_{uuid.uuid4().hex[:10]}"
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        created.append(schema)
+        return base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False
+        )
+
+    try:
+        yield make
+    finally:
+        for schema in created:
+            admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        admin.close()

@@ -12,20 +12,17 @@ import json
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 
-import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
-from sqlalchemy.engine import make_url
 
 from activities.store import Store, metadata
 from migrations import (
@@ -48,35 +45,6 @@ POSTGRES_URL = os.environ.get(
 TABLES = {"connections", "connection_events", "org_limits"}
 
 
-@pytest.fixture(scope="module")
-def pg_schema() -> Iterator[Callable[[], str]]:
-    base = make_url(POSTGRES_URL)
-    conninfo = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        admin = psycopg.connect(conninfo, autocommit=True, connect_timeout=3)
-    except psycopg.Error as e:
-        reason = f"PostgreSQL at PRIVNET_TEST_POSTGRES_URL={POSTGRES_URL} unreachable: {e}"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    created: list[str] = []
-
-    def make() -> str:
-        schema = f"privnet_mig_{uuid.uuid4().hex[:10]}"
-        admin.execute(f'CREATE SCHEMA "{schema}"')
-        created.append(schema)
-        return base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False
-        )
-
-    try:
-        yield make
-    finally:
-        for schema in created:
-            admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        admin.close()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str]:
     counter = iter(range(1000))
@@ -84,8 +52,8 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], st
     def make() -> str:
         if request.param == "sqlite":
             return f"sqlite:///{tmp_path}/db{next(counter)}/privnet.db"
-        factory: Callable[[], str] = request.getfixturevalue("pg_schema")
-        return factory()
+        factory: Callable[[str], str] = request.getfixturevalue("pg_schema_url")
+        return factory("mig")
 
     return make
 

@@ -16,13 +16,11 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from multiprocessing import get_context
 
-import psycopg
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -127,36 +125,6 @@ def timeline_seqs(store: Store, org: str, conn: str) -> list[int]:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def pg_schema_url() -> Iterator[Callable[[str], str]]:
-    """A factory of URLs pointing at fresh PostgreSQL schemas (dropped at session end)."""
-    base = make_url(POSTGRES_URL)
-    conninfo = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        admin = psycopg.connect(conninfo, autocommit=True, connect_timeout=3)
-    except psycopg.Error as e:
-        reason = f"PostgreSQL at PRIVNET_TEST_POSTGRES_URL={POSTGRES_URL} unreachable: {e}"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    created: list[str] = []
-
-    def make(tag: str) -> str:
-        schema = f"privnet_test_{tag}_{uuid.uuid4().hex[:10]}"
-        admin.execute(f'CREATE SCHEMA "{schema}"')
-        created.append(schema)
-        return base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False
-        )
-
-    try:
-        yield make
-    finally:
-        for schema in created:
-            admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        admin.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -203,30 +203,13 @@ class OrgGuardWorkflow:
                 granted = req.connection_id in self._holders or len(self._holders) < self._limit
                 if granted:
                     self._holders[req.connection_id] = req.workflow_id
-                if req.by_update:
-                    updates.append(
-                        (
-                            req.workflow_id,
-                            SlotDecision(
-                                connection_id=req.connection_id,
-                                granted=granted,
-                                usage=len(self._holders),
-                                limit=self._limit,
-                            ),
-                        )
-                    )
-                    continue
-                replies.append(
-                    (
-                        req.workflow_id,
-                        SlotDecision(
-                            connection_id=req.connection_id,
-                            granted=granted,
-                            usage=len(self._holders),
-                            limit=self._limit,
-                        ),
-                    )
+                decision = SlotDecision(
+                    connection_id=req.connection_id,
+                    granted=granted,
+                    usage=len(self._holders),
+                    limit=self._limit,
                 )
+                (updates if req.by_update else replies).append((req.workflow_id, decision))
         await self._save()  # durable before anyone hears a decision
         for wid, decision in updates:
             self._answers.setdefault(wid, []).append(decision)

@@ -39,6 +39,11 @@ def store_rows(store: Store, orgs: list[str]) -> tuple[dict[tuple[str, str], dic
     return rows, events
 
 
+ACTIVITY_CLOSED = {f"activity_task_{n}_event_attributes"
+                   for n in ("completed", "failed", "timed_out", "canceled")}
+TASK_CLOSED = {f"workflow_task_{n}_event_attributes" for n in ("completed", "failed", "timed_out")}
+
+
 def _describe_event(ev: Any) -> str:
     name = EventType.Name(ev.event_type).removeprefix("EVENT_TYPE_")
     attrs = ""
@@ -63,23 +68,37 @@ async def _workflow(client: Client, wid: str) -> dict[str, Any] | None:
         if err.status == RPCStatusCode.NOT_FOUND:
             return None
         raise
+    # What the workflow waits on, from one read of its history (describe and a later
+    # history read race: a timer may fire in between).
     timers: set[int] = set()
+    activities: set[int] = set()
+    task_open = False
     tail: list[str] = []
     async for ev in handle.fetch_history_events():
-        if ev.HasField("timer_started_event_attributes"):
+        kind = ev.WhichOneof("attributes") or ""
+        attrs: Any = getattr(ev, kind) if kind else None
+        if kind == "timer_started_event_attributes":
             timers.add(ev.event_id)
-        elif ev.HasField("timer_fired_event_attributes"):
-            timers.discard(ev.timer_fired_event_attributes.started_event_id)
-        elif ev.HasField("timer_canceled_event_attributes"):
-            timers.discard(ev.timer_canceled_event_attributes.started_event_id)
+        elif kind in ("timer_fired_event_attributes", "timer_canceled_event_attributes"):
+            timers.discard(attrs.started_event_id)
+        elif kind == "activity_task_scheduled_event_attributes":
+            activities.add(ev.event_id)
+        elif kind in ACTIVITY_CLOSED:
+            activities.discard(attrs.scheduled_event_id)
+        elif kind == "workflow_task_scheduled_event_attributes":
+            task_open = True
+        elif kind in TASK_CLOSED:
+            task_open = False
         tail = [*tail[-14:], _describe_event(ev)]
     status = desc.status.name if desc.status is not None else None
     return {
         "status": status,
         "sa": desc.typed_search_attributes.get(SA_STATUS),
-        "pending": len(desc.raw_description.pending_activities),
-        "task_attempt": (desc.raw_description.pending_workflow_task.attempt or 1)
-        if desc.raw_description.HasField("pending_workflow_task") else 0,
+        "pending": max(len(activities), len(desc.raw_description.pending_activities)),
+        "task_attempt": max(
+            desc.raw_description.pending_workflow_task.attempt
+            if desc.raw_description.HasField("pending_workflow_task") else 0,
+            1 if task_open else 0),
         "timers": len(timers),
         "tail": tail,
         "handle": handle,

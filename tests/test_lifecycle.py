@@ -307,6 +307,38 @@ async def test_new_endpoint_hidden_by_eventual_consistency_still_becomes_active(
     await asyncio.to_thread(_gone, world, org2, conn2)
 
 
+async def test_a_throttled_look_at_a_new_endpoint_is_no_answer_and_the_poll_goes_on(
+    running: RealWorld, temporal_client: Client
+) -> None:
+    """Found by the soak: the look at once after the create is a single attempt; AWS
+    throttling it (every retry botocore makes) failed the connection ENDPOINT_FAILED and
+    tore down a healthy endpoint. A transient error is no answer: the poll looks again."""
+    world = running
+    service = world.seed.customer_services["allowed"]
+    world.aws.inject_fault("RequestLimitExceeded", operations=["DescribeVpcEndpoints"])
+    org, conn = uid("thr"), uid("c")
+    try:
+        handle = await start(temporal_client, real_input(world, org, conn, service),
+                             world.task_queue)
+        failed_look = False
+        for _ in range(600):  # until the look's single attempt has failed
+            async for ev in handle.fetch_history_events():
+                if ev.HasField("activity_task_failed_event_attributes"):
+                    failed_look = True
+            if failed_look:
+                break
+            await asyncio.sleep(0.1)
+        assert failed_look
+    finally:
+        world.aws.clear_faults()
+    await _wait_store(world, org, conn, "Active", within=60)
+    assert len(world.created(org, conn)) == 1
+    await asyncio.to_thread(_intact, world, org, conn)
+    await handle.signal(SIGNAL_DELETE)
+    assert (await handle.result()).status.value == "Deleted"
+    await asyncio.to_thread(_gone, world, org, conn)
+
+
 async def test_owner_rejecting_an_accepted_endpoint_ends_the_connection(
     running: RealWorld, temporal_client: Client
 ) -> None:

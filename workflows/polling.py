@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, RetryState, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.contracts import (
@@ -43,6 +43,7 @@ from workflows.errors import (
     terminal_state_failure,
 )
 
+LOOK_ONCE_TRANSIENT = "look-once-transient-is-no-answer"
 T = TypeVar("T")
 S = ConnectionStatus
 PENDING_DEADLINE = timedelta(minutes=30)  # AWS normally makes an endpoint available in ~2 min
@@ -167,6 +168,11 @@ class EndpointPoller(ConnectionCore):
                 raise
             if error_type(err) in (STATE_UNCHANGED, ENDPOINT_NOT_VISIBLE_YET):
                 return None  # nothing new yet
+            if not _definite(err) and workflow.patched(LOOK_ONCE_TRANSIENT):
+                # Throttled, a 5xx, a worker lost mid-look: no answer is not an answer;
+                # the poll looks again on its schedule (the soak found connections failed
+                # by one RequestLimitExceeded here).
+                return None
             raise failure_of(err, Reason.ENDPOINT_FAILED, "waiting for the endpoint") from None
 
     def _schedule(self, last: str) -> RetryPolicy:
@@ -236,3 +242,12 @@ class EndpointPoller(ConnectionCore):
             f"endpoint {endpoint_id} stayed {state} for {PENDING_DEADLINE}: check the endpoint "
             "in the endpoints account, then create the connection again",
         )
+
+
+def _definite(err: ActivityError) -> bool:
+    """A failure that is an answer (non-retryable: bad input, a terminal AWS state), not a
+    transient error or a timeout."""
+    cause = err.cause
+    return isinstance(cause, ApplicationError) and (
+        cause.non_retryable or (cause.type or "") in NON_RETRYABLE_TYPES
+    )

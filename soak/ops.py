@@ -66,6 +66,7 @@ class Conn:
     cid: str
     kind: str
     service: str
+    rejected: bool = False  # its create was answered Rejected (the org limit)
 
 
 class Driver:
@@ -118,7 +119,12 @@ class Driver:
         op.outcome, op.detail = outcome, detail[:300]
 
     def _pick(self, kinds: tuple[str, ...] | None = None) -> Conn | None:
+        """A known connection; mostly one not rejected by the limit (those are most of
+        them and their workflow has ended), sometimes any."""
         pool = [c for c in self.conns.values() if kinds is None or c.kind in kinds]
+        live = [c for c in pool if not c.rejected]
+        if live and self.rng.random() < 0.9:
+            pool = live
         return self.rng.choice(pool) if pool else None
 
     async def _retrying(self, op: Op, call: Any) -> Any:
@@ -175,6 +181,8 @@ class Driver:
             return "fail", f"HTTP {r.status_code} {code}", None
 
         await self._retrying(op, by_client if surface == "client" else by_http)
+        if kind == "create" and op.outcome == "ok" and op.detail.startswith("Rejected"):
+            conn.rejected = True
 
     async def op_create(self) -> None:
         conn = self._new_conn(self.rng.choice(self.orgs))

@@ -76,7 +76,8 @@ async def test_happy_path_reaches_active_and_records_every_transition(env: Env) 
     assert state.vpc_endpoint_id and state.vpc_endpoint_id.startswith("vpce-")
     records = env.world.statuses(conn)
     assert [r.status.value for r in records] == HAPPY
-    assert [r.seq for r in records] == list(range(1, len(HAPPY) + 1))
+    seqs = [r.seq for r in records]  # strictly increasing (each at least its task's
+    assert len(seqs) == len(HAPPY) and seqs == sorted(set(seqs))  # history length)
     last = records[-1]
     assert (last.ips, last.vpc_endpoint_id, last.seq) == (
         state.ips,

@@ -207,3 +207,32 @@ async def test_sigkill_inside_every_step_of_a_failures_compensation(
         len(world.created(o, c)) for o, c in conns.values()
     )
     print(f"\ncrash matrix figures: {FIGURES}")
+
+
+async def test_a_stop_request_that_lands_while_the_final_status_is_written_wins_in_the_store(
+    world: RealWorld, temporal_client: Client
+) -> None:
+    """Found by the soak (seeds 12 and 13): the final status is a local activity; its store
+    write happened, then its workflow task was discarded (a delete arrived, the worker
+    died). The next attempt saw the delete first and recorded Deleted under the discarded
+    write's sequence number, which the store refused: the store said Failed while the
+    workflow, its query and its search attribute said Deleted."""
+    org, conn = uid("fin"), uid("c")
+    point = {"activity": ACT_RECORD_STATUS, "status": "Failed", "phase": "after",
+             "connection_id": conn}
+    worker = await asyncio.to_thread(world.spawn_worker, [point])
+    service = world.seed.customer_services["not_allowed"]
+    handle = await start(temporal_client, real_input(world, org, conn, service),
+                         world.task_queue)
+    await asyncio.to_thread(world.wait_failpoints, {(ACT_RECORD_STATUS, conn)})
+    assert await _status(world, org, conn) == "Failed"  # the write is done...
+    await handle.signal(SIGNAL_DELETE)  # ...and a delete lands before the task completes
+    await asyncio.to_thread(world.kill, worker)
+    await asyncio.to_thread(world.spawn_worker)
+    result = await asyncio.wait_for(handle.result(), 120)
+    assert result.status.value == "Deleted"
+    await _wait_store(world, org, conn, "Deleted", within=30)
+    view = await asyncio.to_thread(world.store.get, org, conn)
+    assert view is not None and view.timeline is not None
+    assert view.timeline[-1].status == "Deleted"
+    _assert_nothing_left(world, org, conn)

@@ -66,6 +66,11 @@ STEP_DEADLINE = timedelta(minutes=15)  # all attempts of a forward step
 # schedule shaped by AWS, search attributes written only when they change, the slot asked
 # by update. Histories recorded before it replay through the ``legacy`` branches.
 PATCH_FEWER_EVENTS = "fewer-events-per-connection"
+# A status write's sequence number is at least the history length of the workflow task
+# that makes it: a local activity's write survives its workflow task being discarded
+# (a signal arriving, a worker dying), and the next attempt, which may record another
+# status (a stop request wins), must not reuse the discarded write's number.
+PATCH_SEQ_BY_HISTORY = "status-seq-floored-by-history-length"
 
 
 class StopRequested(Exception):
@@ -227,6 +232,8 @@ class ConnectionCore:
         (marking Active must succeed); other writes retry forever: a flaky database never
         loses a transition."""
         seq = self._state.seq + 1
+        if workflow.patched(PATCH_SEQ_BY_HISTORY):
+            seq = max(seq, workflow.info().get_current_history_length())
         rec = StatusRecord(
             org_id=self._inp.org_id,
             connection_id=self._inp.connection_id,

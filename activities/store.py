@@ -279,8 +279,24 @@ class Store:
             where=connections.c.seq < excluded.seq,
         ).returning(connections.c.seq)
 
+        e = connection_events.c
+        previous = (
+            select(e.status, e.detail)
+            .where(
+                e.org_id == rec.org_id,
+                e.connection_id == rec.connection_id,
+                e.seq < rec.seq,
+            )
+            .order_by(e.seq.desc())
+            .limit(1)
+        )
         with self._serial, self._write_engine.begin() as conn:
-            conn.execute(ins_event)
+            # A write repeated under a new seq (its first workflow task was discarded after
+            # the write, and the retry numbers it after the history it has grown) is one
+            # timeline entry, not two.
+            prev = conn.execute(previous).first()
+            if prev is None or (prev.status, prev.detail) != (str(rec.status), rec.detail):
+                conn.execute(ins_event)
             applied = conn.execute(upsert).first() is not None
         return applied
 

@@ -220,6 +220,7 @@ async def test_a_stop_request_that_lands_while_the_final_status_is_written_wins_
     org, conn = uid("fin"), uid("c")
     point = {"activity": ACT_RECORD_STATUS, "status": "Failed", "phase": "after",
              "connection_id": conn}
+    await asyncio.to_thread(world.stop_workers)  # only the failpoint worker may take it
     worker = await asyncio.to_thread(world.spawn_worker, [point])
     service = world.seed.customer_services["not_allowed"]
     handle = await start(temporal_client, real_input(world, org, conn, service),

@@ -212,6 +212,20 @@ def test_same_seq_with_other_content_does_not_overwrite(store: Store) -> None:
     assert [(e.status, e.detail) for e in view.timeline] == [(write(5).status, "detail 5")]
 
 
+def test_a_write_repeated_under_a_higher_seq_is_one_timeline_entry(store: Store) -> None:
+    """A workflow task discarded after its status write is retried under a higher seq (its
+    history grew): the row takes the new seq, the timeline keeps one entry; a different
+    status under the next seq is a new entry."""
+    store.record(write(1))
+    active = write(2, status=ConnectionStatus.ACTIVE, detail="reachable")
+    store.record(active)
+    assert store.record(active.model_copy(update={"seq": 31})) is True
+    assert store.record(write(32, status=ConnectionStatus.DELETED, detail="deleted")) is True
+    view = store.get("acme", "db1")
+    assert view is not None and view.timeline is not None and view.status == "Deleted"
+    assert [e.status for e in view.timeline] == [write(1).status.value, "Active", "Deleted"]
+
+
 def _hammer(url: str, writes: list[StatusRecord], start: threading.Barrier | None) -> list[bool]:
     s = Store(url)
     try:

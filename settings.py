@@ -107,6 +107,9 @@ class Settings(BaseSettings):
         600, description="compensation blocked by an operator-fixable error retries this often"
     )
     slot_decision_timeout_seconds: float = 300
+    temporal_connect_timeout_seconds: float = Field(
+        300, description="a starting worker waits this long for Temporal before it exits"
+    )
     step_timeout_seconds: float = Field(
         60, description="one attempt of a step; a dead worker's attempt is retried after this"
     )

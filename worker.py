@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -167,6 +168,28 @@ def runtime_for(settings: Settings) -> Runtime | None:
     )
 
 
+async def connect_patiently(
+    settings: Settings, runtime: Runtime | None = None, within: float | None = None
+) -> Client:
+    """The worker's connect: a worker started while Temporal restarts (a rollout, a crash
+    loop) waits for it instead of exiting (found by the soak: a worker restarted during a
+    dev server restart died with "Connection refused")."""
+    deadline = time.monotonic() + (
+        settings.temporal_connect_timeout_seconds if within is None else within
+    )
+    delay = 0.5
+    while True:
+        try:
+            return await connect(settings, runtime)
+        except RuntimeError as err:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("waiting for Temporal", address=settings.temporal_address,
+                        error=str(err)[:200], retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def tls_config(settings: Settings) -> bool | TLSConfig:
     """mTLS for a self-hosted cluster, TLS for Temporal Cloud API keys, else plaintext."""
     if settings.temporal_tls_cert and settings.temporal_tls_key:
@@ -305,7 +328,7 @@ async def run_worker(settings: Settings | None = None) -> None:
 
         # privnet's own counters (AWS calls by operation) beside the SDK's port.
         start_http_server(settings.metrics_port + 1)
-    client = await connect(settings, runtime_for(settings))
+    client = await connect_patiently(settings, runtime_for(settings))
     worker = build_worker(client, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -62,16 +62,24 @@ async def _view(w: Worker, org: str, cid: str) -> ConnectionView | None:
     return await asyncio.to_thread(w.the_store().get, org, cid, True)
 
 
+async def _reached(w: Worker, org: str, cid: str, status: str) -> ConnectionView | None:
+    """The view once it shows ``status``; None while not yet; an error if it ended."""
+    view = await _view(w, org, cid)
+    if view is None or view.status == status:
+        return view
+    if view.status in ("Failed", "Rejected", "Cancelled"):
+        raise RuntimeError(f"{org}/{cid} ended {view.status}: {view.message}")
+    return None
+
+
 async def _real_wait(w: Worker, org: str, cid: str, status: str,
                      within: float = 120) -> ConnectionView:
     """Wait in real time (time skipping stays locked, Temporal's clock runs normally)."""
     deadline = time.monotonic() + within
     while True:
-        view = await _view(w, org, cid)
-        if view is not None and view.status == status:
+        view = await _reached(w, org, cid, status)
+        if view is not None:
             return view
-        if view is not None and view.status in ("Failed", "Rejected", "Cancelled"):
-            raise RuntimeError(f"{org}/{cid} ended {view.status}: {view.message}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{org}/{cid} not {status} after {within}s "
                                f"({view.status if view else 'no row'})")
@@ -83,11 +91,9 @@ async def _skip_until(env: WorkflowEnvironment, w: Worker, org: str, cid: str, s
     """Skip Temporal time ``step`` seconds at a time until the store shows ``status``."""
     skipped = 0.0
     while True:
-        view = await _view(w, org, cid)
-        if view is not None and view.status == status:
+        view = await _reached(w, org, cid, status)
+        if view is not None:
             return view
-        if view is not None and view.status in ("Failed", "Rejected", "Cancelled"):
-            raise RuntimeError(f"{org}/{cid} ended {view.status}: {view.message}")
         if skipped > limit:
             raise TimeoutError(f"{org}/{cid} not {status} after {skipped:.0f} skipped seconds")
         await env.sleep(timedelta(seconds=step))

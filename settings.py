@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     worker_cache_size: int = Field(
         1500, description="connection workflows a worker keeps in its sticky cache"
     )
+    worker_guard_cache_size: int = Field(
+        100, description="org guard workflows a worker keeps in its sticky cache"
+    )
     temporal_ui_url: str = "http://localhost:8233"
 
     # Store

@@ -304,3 +304,46 @@ async def test_a_burst_past_the_servers_in_flight_update_limit_is_all_answered(e
     assert usage.usage == 150
     assert sorted(usage.holders) == sorted(
         f"{org}-c{i}" for i, d in enumerate(decisions) if d.granted)
+
+
+async def test_guards_evicted_from_a_one_entry_cache_still_decide_right(
+    temporal_client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard worker keeps few guards cached (PRIVNET_WORKER_GUARD_CACHE_SIZE): with one
+    entry, four orgs creating at once evict each other's guard on every decision, and every
+    guard, replayed from its history each time, still admits exactly its limit."""
+    from tests.fakes import fake_activities
+
+    monkeypatch.setenv("PRIVNET_WORKER_GUARD_CACHE_SIZE", "1")
+    world = FakeWorld(tmp_path / "world.db")
+    tq = uid("tq")
+    workers = build_worker(
+        temporal_client, Settings(), task_queue=tq,
+        activities=fake_activities(world, temporal_client, tq),
+    )
+    assert [w.config()["max_cached_workflows"] for w in workers.workers] == [1500, 1]
+    orgs = [uid("org") for _ in range(4)]
+    async with workers, asyncio.timeout(120):
+        handles = {org: await asyncio.gather(*(
+            start(temporal_client, make_input(org, f"{org}-c{i}"), tq) for i in range(3)))
+            for org in orgs}
+        for org, hs in handles.items():
+            statuses = []
+            for h in hs:
+                for _ in range(600):
+                    st = await query(h)
+                    if st.status.value in ("Active", "Rejected"):
+                        break
+                    await asyncio.sleep(0.1)
+                statuses.append(st.status.value)
+            assert sorted(statuses) == ["Active", "Active", "Rejected"], (org, statuses)
+        # A delete frees a slot and a newcomer takes it, with every guard evicted meanwhile.
+        for hs in handles.values():
+            active = [h for h in hs if (await query(h)).status.value == "Active"]
+            await active[0].signal(SIGNAL_DELETE)
+            assert (await active[0].result()).status.value == "Deleted"
+        for org in orgs:
+            newcomer = await start(temporal_client, make_input(org, f"{org}-c-new"), tq)
+            await wait_status(newcomer, "Active", within=60)
+            usage = Env(temporal_client, world, tq)
+            assert (await usage.usage(org)).usage == 2

@@ -14,7 +14,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from tests.guard_requester import GuardRequester
-from worker import WORKFLOWS
+from worker import WORKFLOW_RUNNER, WORKFLOWS
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
@@ -55,10 +55,14 @@ def test_every_path_has_a_fixture() -> None:
     assert EXPECTED <= {p.stem for p in HISTORIES}
 
 
+@pytest.mark.parametrize("strict", [True, False], ids=["strict-sandbox", "worker-runner"])
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
-async def test_replay(path: Path) -> None:
+async def test_replay(path: Path, strict: bool) -> None:
+    """Under the default sandbox (it re-imports privnet's workflow modules and restricts what
+    they call) and under the worker's runner (privnet's modules passed through)."""
+    runner = {} if strict else {"workflow_runner": WORKFLOW_RUNNER}
     replayer = Replayer(
-        workflows=[*WORKFLOWS, GuardRequester], data_converter=pydantic_data_converter
+        workflows=[*WORKFLOWS, GuardRequester], data_converter=pydantic_data_converter, **runner
     )
     history = WorkflowHistory.from_json(path.stem, await asyncio.to_thread(path.read_text))
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)

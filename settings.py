@@ -88,11 +88,12 @@ class Settings(BaseSettings):
     acceptance_timeout_seconds: float = 7 * 24 * 3600
     drift_check_interval_seconds: float = 600
     endpoint_first_poll_seconds: float = Field(
-        20, description="after the immediate look, the next one waits this long (AWS takes "
-        "30-150 s to make an interface endpoint available)"
+        30, description="after the immediate look, the next one waits this long (AWS takes "
+        "30-150 s to make an interface endpoint available: no look before the earliest)"
     )
     endpoint_poll_interval_seconds: float = Field(
-        8, description="then look this often: bounds the delay from available to Active"
+        9.5, description="then look this often: bounds the delay from available to Active "
+        "(10 s with the poll's own time)"
     )
     acceptance_first_poll_seconds: float = Field(
         30, description="first look at a pendingAcceptance endpoint; then ever less often"

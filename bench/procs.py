@@ -316,12 +316,13 @@ def parse_prometheus(text: str) -> dict[str, float]:
     return out
 
 
-def metric(metrics: dict[str, float], name: str, **labels: str) -> float:
-    """Sum of every series of ``name`` whose labels include ``labels``."""
+def metric(metrics: dict[str, float], name: str, *, within: str = "", **labels: str) -> float:
+    """Sum of every series of ``name`` whose labels include ``labels`` (and whose label text
+    contains ``within``, e.g. ``-guards"`` for the org guards' task queue)."""
     total = 0.0
     for key, value in metrics.items():
         base, _, rest = key.partition("{")
-        if base != name:
+        if base != name or within not in rest:
             continue
         if all(f'{k}="{v}"' in rest for k, v in labels.items()):
             total += value

@@ -30,6 +30,7 @@ from bench.workflows import BASELINE_TASK_QUEUE, BaselineWorkflow
 from workflows.contracts import connection_workflow_id, org_guard_workflow_id
 
 POOL_FULL = "Connection pool is full"
+GUARDS = '-guards"'  # the end of the org guards' task_queue label
 
 
 def sdk_counts(metrics: dict[str, float]) -> dict[str, float]:
@@ -45,6 +46,11 @@ def sdk_counts(metrics: dict[str, float]) -> dict[str, float]:
         "sticky_cache_misses": metric(metrics, "temporal_sticky_cache_miss"),
         "sticky_cache_forced_evictions": metric(
             metrics, "temporal_sticky_cache_total_forced_eviction"),
+        # The org guards' worker polls '<queue>-guards': its replays apart from the
+        # connections' (a guard wakes for its leak check every 5 minutes).
+        "guard_cache_misses": metric(metrics, "temporal_sticky_cache_miss", within=GUARDS),
+        "guard_forced_evictions": metric(
+            metrics, "temporal_sticky_cache_total_forced_eviction", within=GUARDS),
         "sticky_cache_size": metric(metrics, "temporal_sticky_cache_size"),
         "workflow_task_failures": metric(metrics, "temporal_workflow_task_execution_failed"),
     }

@@ -64,6 +64,9 @@ async def api_env(
         "kube_url": kube_url,
         "task_namespaces": ["tasks"],
         "api_tokens": tokens,
+        # The poll schedule shaped by this sandbox's 0.3 s pending, as the dev stack does.
+        "endpoint_first_poll_seconds": 0.3,
+        "endpoint_poll_interval_seconds": 0.3,
     }
     values.update(overrides)
     if configure is not None:

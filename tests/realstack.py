@@ -59,6 +59,9 @@ class RealWorld:
             "aws_principal_arn": self.seed.principal_arn,
             "kube_url": self.kube_url,
             "task_namespaces": NAMESPACES,
+            # The poll schedule shaped by this sandbox's 0.3 s pending (make_world).
+            "endpoint_first_poll_seconds": 0.3,
+            "endpoint_poll_interval_seconds": 0.3,
         }
         values.update(overrides)
         return self.seed.settings(**values)

@@ -64,6 +64,9 @@ async def api(temporal_env: WorkflowEnvironment, tmp_path_factory: Any) -> Async
         kube_url=kube_url,
         task_namespaces=["tasks"],
         api_tokens=[TOKEN],
+        # The poll schedule shaped by this sandbox's 0.3 s pending, as the dev stack does.
+        endpoint_first_poll_seconds=0.3,
+        endpoint_poll_interval_seconds=0.3,
     )
     store = Store(settings.database_url)
     store.create_schema()

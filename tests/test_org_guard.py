@@ -36,6 +36,7 @@ from workflows.contracts import (
     SIGNAL_RELEASE,
     SIGNAL_SET_LIMIT,
     AcquireRequest,
+    ConnectionState,
     GuardUsage,
     OrgGuardInput,
     ReleaseRequest,
@@ -70,6 +71,16 @@ class Env(FakeEnv):
         )
 
 
+async def admitted_or_rejected(h: WorkflowHandle, looks: int) -> ConnectionState:
+    """The connection's state once the guard decided (Active or Rejected), or the last one."""
+    for _ in range(looks):
+        st = await query(h)
+        if st.status.value in ("Active", "Rejected"):
+            break
+        await asyncio.sleep(0.1)
+    return st
+
+
 @pytest.fixture
 async def env(temporal_client: Client, tmp_path: Path) -> AsyncIterator[Env]:
     # leak check every second so the leak-repair test is quick
@@ -91,14 +102,7 @@ async def test_ten_concurrent_creates_admit_exactly_the_limit(env: Env) -> None:
     others = await asyncio.gather(
         *(start(env.client, make_input(other, f"{other}-c{i}"), env.task_queue) for i in range(2))
     )
-    finals = []
-    for h in handles:
-        for _ in range(300):
-            st = await query(h)
-            if st.status.value in ("Active", "Rejected"):
-                break
-            await asyncio.sleep(0.1)
-        finals.append(st)
+    finals = [await admitted_or_rejected(h, 300) for h in handles]
     active = [s for s in finals if s.status.value == "Active"]
     rejected = [s for s in finals if s.status.value == "Rejected"]
     assert len(active) == 2
@@ -328,14 +332,7 @@ async def test_guards_evicted_from_a_one_entry_cache_still_decide_right(
             start(temporal_client, make_input(org, f"{org}-c{i}"), tq) for i in range(3)))
             for org in orgs}
         for org, hs in handles.items():
-            statuses = []
-            for h in hs:
-                for _ in range(600):
-                    st = await query(h)
-                    if st.status.value in ("Active", "Rejected"):
-                        break
-                    await asyncio.sleep(0.1)
-                statuses.append(st.status.value)
+            statuses = [(await admitted_or_rejected(h, 600)).status.value for h in hs]
             assert sorted(statuses) == ["Active", "Active", "Rejected"], (org, statuses)
         # A delete frees a slot and a newcomer takes it, with every guard evicted meanwhile.
         for hs in handles.values():

@@ -51,6 +51,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from settings import Settings
 from starter import validation
 from workflows.contracts import (
+    CURRENT_RELEASE,
     PREFLIGHT_WORKFLOW,
     PROVISIONING_STATUSES,
     QUERY_STATUS,
@@ -322,6 +323,7 @@ class ConnectionsClient:
             display_name=display_name,
             ports=port_list,
             options=connection_options(self.settings),
+            release=CURRENT_RELEASE,
         )
         wid = inp.workflow_id
         summary = f"{org_id}: {display_name or cid} → {service_name} ({region})"

@@ -27,7 +27,7 @@ from sandbox.aws import ENDPOINTS_ACCOUNT_ID, SandboxAws, SandboxSeed
 from sandbox.kube import SandboxKube
 from settings import Settings
 from tests.wfutil import fast_options
-from workflows.contracts import ConnectionInput
+from workflows.contracts import CURRENT_RELEASE, ConnectionInput
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACES = ["tasks", "batch"]
@@ -197,6 +197,7 @@ def real_input(world: RealWorld, org: str, conn: str, service: str, **opts: Any)
         endpoint_service_name=service,
         region=world.seed.region,
         options=fast_options(**base),
+        release=CURRENT_RELEASE,
     )
 
 

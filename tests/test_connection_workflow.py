@@ -4,9 +4,11 @@ registered under the real names and the real org guard."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.api.sdk.v1 import WorkflowMetadata
@@ -26,6 +28,7 @@ from workflows.contracts import (
     ACT_RELEASE_SLOT,
     ACT_WAIT_ENDPOINT_DELETED,
     ACT_WAIT_FOR_STATE_CHANGE,
+    CURRENT_RELEASE,
     SA_STATUS,
     SIGNAL_CANCEL,
     SIGNAL_DELETE,
@@ -98,6 +101,52 @@ async def test_happy_path_reaches_active_and_records_every_transition(env: Env) 
     await handle.signal(SIGNAL_DELETE)
     await handle.result()
     await save_history(handle, "connection_happy_then_delete")
+
+
+def _history_marks(events: list[Any]) -> tuple[list[str], list[str]]:
+    """(marker names, status values each search-attribute upsert wrote) of a history."""
+    markers, upserts = [], []
+    for e in events:
+        if e.HasField("marker_recorded_event_attributes"):
+            markers.append(e.marker_recorded_event_attributes.marker_name)
+        if e.HasField("upsert_workflow_search_attributes_event_attributes"):
+            fields = e.upsert_workflow_search_attributes_event_attributes.search_attributes
+            payloads = dict(fields.indexed_fields)
+            upserts.append(
+                json.loads(payloads[SA_STATUS.name].data) if SA_STATUS.name in payloads
+                else "+".join(sorted(payloads))
+            )
+    return markers, upserts
+
+
+@pytest.mark.parametrize("release", [0, CURRENT_RELEASE])
+async def test_release_3_records_no_patch_markers_and_only_resting_statuses_in_the_search_attribute(
+    env: Env, release: int
+) -> None:
+    """Each patch marker comes with a TemporalChangeVersion upsert, and every upsert is a
+    visibility write: a release-3 input needs neither, and its search attribute skips the
+    statuses a connection only passes through. An input from before (release 0, e.g. an
+    older starter) still decides by markers and still records every status there."""
+    org, conn = uid("org"), uid("c")
+    inp = make_input(org, conn).model_copy(update={"release": release})
+    handle = await start(env.client, inp, env.task_queue)
+    await wait_status(handle, "Active")
+    await handle.signal(SIGNAL_DELETE)
+    await handle.result()
+    # The store's timeline has every status either way.
+    assert [r.status.value for r in env.world.statuses(conn)] == [*HAPPY, "Deleting", "Deleted"]
+    markers, upserts = _history_marks((await handle.fetch_history()).events)
+    patches = [m for m in markers if m == "core_patch"]
+    if release >= 3:
+        assert patches == []
+        assert upserts == ["WaitingForIp", "Active", "Deleting", "Deleted"]
+    else:
+        assert len(patches) == 2  # fewer-events and the status sequence floor
+        assert upserts == [
+            "TemporalChangeVersion", "TemporalChangeVersion", "CheckingPrincipal",
+            "CreatingEndpoint", "WaitingForIp", "ApplyingPolicy", "Active", "Deleting", "Deleted",
+        ]
+    assert (await handle.describe()).typed_search_attributes.get(SA_STATUS) == "Deleted"
 
 
 async def test_delete_while_active_compensates_in_reverse_order(env: Env) -> None:

@@ -17,6 +17,7 @@ from sandbox.binaries import temporal_test_server_path
 from tests.fakes import FakeEnv, fake_worker
 from tests.wfutil import query, start, uid
 from workflows.contracts import (
+    CURRENT_RELEASE,
     SEARCH_ATTRIBUTES,
     SIGNAL_DELETE,
     ConnectionInput,
@@ -64,6 +65,7 @@ def production_input(org: str, conn: str) -> ConnectionInput:
         endpoint_service_name=SERVICE,
         region="us-east-1",
         options=ConnectionOptions(acceptance_poll_max_interval=timedelta(hours=6)),
+        release=CURRENT_RELEASE,
     )
 
 

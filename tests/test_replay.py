@@ -46,6 +46,14 @@ EXPECTED = {
     "connection_rejected_v2",
     "connection_admitted_then_deleted_v2",
     "guard_by_update_v2",
+    # Release 3 (``ConnectionInput.release``): the same commands without the patch markers,
+    # and search-attribute upserts only for resting statuses.
+    *(f"connection_{p}_v3" for p in (
+        "happy_then_delete", "acceptance", "rejected", "admitted_then_deleted",
+        "resumed_after_can", "drift_repair", "cancel_signal", "temporal_cancel",
+        "cancel_during_create_endpoint", "cancel_during_apply_policies",
+        *(f"fail_step{i}" for i in range(1, 6)),
+    )),
     "guard_first_run",
     "guard_leak_repair",
 }

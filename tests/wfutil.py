@@ -20,6 +20,7 @@ from temporalio.common import (
 
 from workflows.connection import PrivateConnectionWorkflow
 from workflows.contracts import (
+    CURRENT_RELEASE,
     QUERY_STATUS,
     SA_ORG_ID,
     SA_REGION,
@@ -62,6 +63,7 @@ def make_input(
         endpoint_service_name=service,
         region=region,
         options=fast_options(**opts),
+        release=CURRENT_RELEASE,
     )
 
 

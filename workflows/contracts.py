@@ -165,6 +165,18 @@ TERMINAL_STATUSES = frozenset(
         ConnectionStatus.CANCELLED,
     }
 )
+# One activity call between two resting statuses: the store, the query, the timeline and the
+# UI's current details show them; the PrivnetStatus search attribute (a visibility write per
+# change, the dev server's largest cost per connection after the workflow tasks) holds the
+# status a connection rests in. A step stuck retrying keeps the status it came from there
+# (still outside Active and the terminal ones, so a filter for stuck provisioning finds it).
+PASSING_STATUSES = frozenset(
+    {
+        ConnectionStatus.CHECKING_PRINCIPAL,
+        ConnectionStatus.CREATING_ENDPOINT,
+        ConnectionStatus.APPLYING_POLICY,
+    }
+)
 PROVISIONING_STATUSES = frozenset(
     {
         ConnectionStatus.PENDING,
@@ -286,6 +298,14 @@ class ResumeState(BaseModel):
     retry_now: bool = False
 
 
+# The connection workflow's command sequence a starter asks for (``ConnectionInput.release``).
+# 3: every change that used to be decided by a ``workflow.patched`` marker is on, without the
+# markers (each one is a history event and a TemporalChangeVersion search-attribute upsert,
+# i.e. a visibility write, in every new workflow), and the search attribute holds only
+# resting statuses. Inputs from before it carry 0 and keep deciding by markers.
+CURRENT_RELEASE = 3
+
+
 class ConnectionInput(BaseModel):
     org_id: str
     connection_id: str
@@ -295,6 +315,10 @@ class ConnectionInput(BaseModel):
     ports: list[int] = Field(default_factory=list)
     options: ConnectionOptions = Field(default_factory=ConnectionOptions)
     resume: ResumeState | None = None
+    # Input, so replay sees the same value; continue-as-new copies it. Workers must be
+    # upgraded before starters: a worker from before release 3 ignores the field and
+    # records markers that release-3 code, told it needs none, would not expect.
+    release: int = 0
 
     @field_validator("org_id")
     @classmethod

@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         ACT_APPLY_POLICIES,
         ACT_RECORD_STATUS,
         NON_RETRYABLE_TYPES,
+        PASSING_STATUSES,
         SA_STATUS,
         ApplyPoliciesInput,
         ApplyPoliciesResult,
@@ -232,7 +233,7 @@ class ConnectionCore:
         (marking Active must succeed); other writes retry forever: a flaky database never
         loses a transition."""
         seq = self._state.seq + 1
-        if workflow.patched(PATCH_SEQ_BY_HISTORY):
+        if self._since(PATCH_SEQ_BY_HISTORY):
             seq = max(seq, workflow.info().get_current_history_length())
         rec = StatusRecord(
             org_id=self._inp.org_id,
@@ -271,11 +272,17 @@ class ConnectionCore:
             await self._activity(ACT_RECORD_STATUS, rec, None, summary=summary, retry=retry)
         self._state.status = status
         self._state.step = detail
-        self._set_search_attributes(SA_STATUS.value_set(status.value))
+        if self._inp.release < 3 or status not in PASSING_STATUSES:
+            self._set_search_attributes(SA_STATUS.value_set(status.value))
 
     def _current(self) -> bool:
         """This release's command sequence (False: replaying a history from before it)."""
-        return workflow.patched(PATCH_FEWER_EVENTS)
+        return self._since(PATCH_FEWER_EVENTS)
+
+    def _since(self, patch: str) -> bool:
+        """Whether a change once introduced by ``patch`` applies: always from release 3 on
+        (no marker), else as the history's markers say."""
+        return self._inp.release >= 3 or workflow.patched(patch)
 
     def _set_search_attributes(self, *updates: SearchAttributeUpdate[Any]) -> None:
         """Upsert search attributes, skipping what already holds (each upsert is a history

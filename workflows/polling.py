@@ -168,7 +168,7 @@ class EndpointPoller(ConnectionCore):
                 raise
             if error_type(err) in (STATE_UNCHANGED, ENDPOINT_NOT_VISIBLE_YET):
                 return None  # nothing new yet
-            if not _definite(err) and workflow.patched(LOOK_ONCE_TRANSIENT):
+            if not _definite(err) and self._since(LOOK_ONCE_TRANSIENT):
                 # Throttled, a 5xx, a worker lost mid-look: no answer is not an answer;
                 # the poll looks again on its schedule (the soak found connections failed
                 # by one RequestLimitExceeded here).

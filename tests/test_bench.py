@@ -156,3 +156,19 @@ def test_summary_and_table_against_the_goals() -> None:
     text = report.table(doc)
     assert "| ratio provisioning/baseline, N=200 | 0.65 | 0.5 | 0.575 | 0.65 | >= 0.6 | NO |" in text
     assert "91 history events, 14 workflow tasks" in text
+    assert "after provisioning" not in text  # runs from before the bracketing: no such row
+
+
+def test_the_ratio_is_against_the_baselines_either_side() -> None:
+    run = _run(200, 40, 26, 7)
+    run["baseline_after"] = {"throughput": 30}
+    run["ratio_provisioning_over_baseline"] = round(26 / 35, 3)
+    run["ratio_over_baseline_before"] = round(26 / 40, 3)
+    results = {"throughput": [run], "skip": [], "hold": [], "guard": [], "errors": []}
+    summary = report.summarize(results, SimpleNamespace(pending_times=[], acceptance_wait=600))
+    doc = {"meta": {"options": {"reps": 1, "label": "t"}, "machine": {}}, "results": results,
+           "summary": summary}
+    rows = {name: (values, goal, met) for name, values, goal, met in report.rows(doc)}
+    assert rows["baseline workflows/s after provisioning, N=200"][0] == [30]
+    assert rows["ratio provisioning/baseline, N=200"] == ([0.743], ">= 0.6", "yes")
+    assert rows["  ratio against the baseline before only, N=200"][0] == [0.65]

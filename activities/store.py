@@ -33,6 +33,7 @@ Naive datetimes are rejected (``ValueError``): workflow time is always aware.
 from __future__ import annotations
 
 import builtins
+import functools
 import logging
 import sqlite3
 import threading
@@ -56,6 +57,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
     func,
@@ -231,6 +233,34 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    @functools.cached_property
+    def _record_statements(self) -> tuple[Any, Any, Any]:
+        """``record``'s three statements, built once: building them per write (the upsert's
+        ``excluded`` alias above all) was most of a status write's CPU in the worker. The
+        values come as parameters; SQLAlchemy compiles each shape once."""
+        e = connection_events.c
+        previous = (
+            select(e.status, e.detail)
+            .where(
+                e.org_id == bindparam("org_id"),
+                e.connection_id == bindparam("connection_id"),
+                e.seq < bindparam("before_seq"),
+            )
+            .order_by(e.seq.desc())
+            .limit(1)
+        )
+        ins_event = self._insert(connection_events).on_conflict_do_nothing(
+            index_elements=["org_id", "connection_id", "seq"]
+        )
+        ins_row = self._insert(connections)
+        excluded = ins_row.excluded
+        upsert = ins_row.on_conflict_do_update(
+            index_elements=["org_id", "connection_id"],
+            set_={**{f: excluded[f] for f in _ROW_FIELDS}, "updated_at": excluded.updated_at},
+            where=connections.c.seq < excluded.seq,
+        ).returning(connections.c.seq)
+        return previous, ins_event, upsert
+
     # ------------------------------------------------------------------ schema
 
     def create_schema(self) -> None:
@@ -252,52 +282,19 @@ class Store:
         values["status"] = str(rec.status)
         values["ips"] = builtins.list(rec.ips)
         values["dns_names"] = builtins.list(rec.dns_names)
-
-        ins_event = (
-            self._insert(connection_events)
-            .values(
-                org_id=rec.org_id,
-                connection_id=rec.connection_id,
-                seq=rec.seq,
-                at=rec.at,
-                status=str(rec.status),
-                detail=rec.detail,
-            )
-            .on_conflict_do_nothing(index_elements=["org_id", "connection_id", "seq"])
-        )
-        ins_row = self._insert(connections).values(
-            org_id=rec.org_id,
-            connection_id=rec.connection_id,
-            created_at=rec.at,
-            updated_at=rec.at,
-            **values,
-        )
-        excluded = ins_row.excluded
-        upsert = ins_row.on_conflict_do_update(
-            index_elements=["org_id", "connection_id"],
-            set_={**{f: excluded[f] for f in values}, "updated_at": excluded.updated_at},
-            where=connections.c.seq < excluded.seq,
-        ).returning(connections.c.seq)
-
-        e = connection_events.c
-        previous = (
-            select(e.status, e.detail)
-            .where(
-                e.org_id == rec.org_id,
-                e.connection_id == rec.connection_id,
-                e.seq < rec.seq,
-            )
-            .order_by(e.seq.desc())
-            .limit(1)
-        )
+        key = {"org_id": rec.org_id, "connection_id": rec.connection_id}
+        previous, ins_event, upsert = self._record_statements
         with self._serial, self._write_engine.begin() as conn:
             # A write repeated under a new seq (its first workflow task was discarded after
             # the write, and the retry numbers it after the history it has grown) is one
             # timeline entry, not two.
-            prev = conn.execute(previous).first()
+            prev = conn.execute(previous, {**key, "before_seq": rec.seq}).first()
             if prev is None or (prev.status, prev.detail) != (str(rec.status), rec.detail):
-                conn.execute(ins_event)
-            applied = conn.execute(upsert).first() is not None
+                conn.execute(ins_event, {**key, "seq": rec.seq, "at": rec.at,
+                                         "status": str(rec.status), "detail": rec.detail})
+            applied = conn.execute(
+                upsert, {**key, "created_at": rec.at, "updated_at": rec.at, **values}
+            ).first() is not None
         return applied
 
     def set_org_limit(self, org_id: str, limit: int) -> None:

@@ -13,6 +13,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+import worker
 from tests.guard_requester import GuardRequester
 from worker import WORKFLOW_RUNNER, WORKFLOWS
 
@@ -75,3 +76,20 @@ async def test_replay(path: Path, strict: bool) -> None:
     history = WorkflowHistory.from_json(path.stem, await asyncio.to_thread(path.read_text))
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None
+
+
+async def test_the_workers_sandbox_compiles_its_snippets_once() -> None:
+    """The worker's runner relies on the SDK's private ``_Instance._run_code``: if an SDK
+    upgrade stops calling it, this fails (and the override should go), rather than the
+    saving silently vanishing."""
+    path = next(p for p in HISTORIES if p.stem == "connection_happy_then_delete_v3")
+    history = WorkflowHistory.from_json(path.stem, await asyncio.to_thread(path.read_text))
+    before = worker._compiled.cache_info()
+    replayer = Replayer(
+        workflows=WORKFLOWS, data_converter=pydantic_data_converter, workflow_runner=WORKFLOW_RUNNER
+    )
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
+    assert result.replay_failure is None
+    after = worker._compiled.cache_info()
+    assert after.hits - before.hits > 20  # every activation and payload context
+    assert after.misses - before.misses <= 10  # a few fixed snippets, not one per call

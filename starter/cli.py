@@ -192,7 +192,7 @@ async def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
         display_name=args.name,
         ports=args.port or (),
     )
-    if args.wait and not ConnectionStatus(view.status).terminal:
+    if args.wait:  # also when it already ended: the watch prints its timeline, then returns
         view = await _watch(
             client,
             args.org,
@@ -252,7 +252,7 @@ async def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
     client = await _client(settings)
     view = await client.delete(args.org, args.id)
-    if args.wait and not ConnectionStatus(view.status).terminal:
+    if args.wait:  # also when it already ended: the watch prints its timeline, then returns
         view = await _watch(
             client,
             args.org,

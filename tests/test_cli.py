@@ -17,6 +17,7 @@ from settings import Settings
 from starter.cli import build_parser, load_stack_env, parse_duration
 
 REPO = Path(__file__).resolve().parent.parent
+SERVICE = "com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0"
 
 
 def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -96,3 +97,47 @@ def test_bad_input_exits_2_before_connecting(tmp_path: Path) -> None:
     assert r.returncode == 2 and "does not exist" in r.stderr
     r = _run("stuck", "--older-than", "soon", cwd=tmp_path, env=env)
     assert r.returncode == 2  # argparse usage error
+
+
+async def test_create_wait_prints_every_status_even_when_the_connection_ended_first(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``create`` returns once the connection leaves admission: a connection that fails
+    fast (a service that does not allow our principal) may already be Failed by then. The
+    fresh-clone suite caught ``--wait`` printing nothing of its transitions in that case."""
+    from starter import cli
+    from workflows.contracts import ConnectionView
+
+    ended = ConnectionView(
+        org_id="acme", connection_id="c1", status="Failed", reason="PRINCIPAL_NOT_ALLOWED",
+        message="allow our principal", endpoint_service_name=SERVICE, region="us-east-1",
+        service_region="us-east-1",
+    )
+    watched: list[str] = []
+
+    class Client:  # the CLI's side only; the real client's watch is tested in test_api
+        async def create(self, *args: object, **kwargs: object) -> ConnectionView:
+            return ended
+
+        async def watch(self, org: str, cid: str, **kwargs: object):  # type: ignore[no-untyped-def]
+            watched.append(cid)
+            for status in ("Pending", "CheckingPrincipal", "Failed"):
+                yield ended.model_copy(update={"status": status})
+
+        async def get(self, org: str, cid: str) -> ConnectionView:
+            return ended
+
+        def workflow_url(self, workflow_id: str) -> str:
+            return "http://ui/" + workflow_id
+
+    async def client(settings: Settings) -> Client:
+        return Client()
+
+    monkeypatch.setattr(cli, "_client", client)
+    args = build_parser().parse_args(["create", "--org", "acme", "--service-name", SERVICE,
+                                      "--region", "us-east-1", "--wait"])
+    with pytest.raises(cli.CommandFailed, match="PRINCIPAL_NOT_ALLOWED"):
+        await cli.cmd_create(args, Settings())
+    out = capsys.readouterr().out
+    assert watched == ["c1"]
+    assert "acme/c1  CheckingPrincipal" in out and "acme/c1  Failed" in out

@@ -279,12 +279,6 @@ class Workers:
             await w.__aexit__(*exc)
 
 
-# The sandbox re-imports every module that is not passed through for every workflow run it
-# starts: privnet's own workflow modules hold constants and classes only (no state a run
-# could change), so they are imported once and shared. Measured (bench/README): a cached
-# connection workflow 281 -> 222 KB, an org guard ~138 -> ~124 KB, and no module re-run per
-# new workflow. Third-party and standard modules stay sandboxed as before; tests/test_replay
-# replays the recorded histories under the default, strict sandbox, which re-imports them.
 @functools.lru_cache(maxsize=64)
 def _compiled(code: str) -> CodeType:
     return compile(code, "<string>", "exec")
@@ -304,6 +298,12 @@ class CompiledOnceSandboxedRunner(SandboxedWorkflowRunner):
         return _CompiledOnceInstance(det, self.runner_class, self.restrictions)
 
 
+# The sandbox re-imports every module that is not passed through for every workflow run it
+# starts: privnet's own workflow modules hold constants and classes only (no state a run
+# could change), so they are imported once and shared. Measured (bench/README): a cached
+# connection workflow 281 -> 222 KB, an org guard ~138 -> ~124 KB, and no module re-run per
+# new workflow. Third-party and standard modules stay sandboxed as before; tests/test_replay
+# replays the recorded histories under the default, strict sandbox, which re-imports them.
 WORKFLOW_RUNNER = CompiledOnceSandboxedRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows")
 )

@@ -166,9 +166,9 @@ TERMINAL_STATUSES = frozenset(
     }
 )
 # One activity call between two resting statuses: the store, the query, the timeline and the
-# UI's current details show them; the PrivnetStatus search attribute (a visibility write per
-# change, the dev server's largest cost per connection after the workflow tasks) holds the
-# status a connection rests in. A step stuck retrying keeps the status it came from there
+# UI's current details show them; the PrivnetStatus search attribute (each change a
+# visibility write, which the bench measured as a large share of the dev server's cost per
+# connection) holds the status a connection rests in. A step stuck retrying keeps the status it came from there
 # (still outside Active and the terminal ones, so a filter for stuck provisioning finds it).
 PASSING_STATUSES = frozenset(
     {

@@ -24,6 +24,7 @@ from sandbox.kube import SandboxKube
 from settings import Settings
 from starter.api import create_app
 from starter.client import ConnectionsClient
+from tests.wfutil import SANDBOX_PENDING, SANDBOX_POLL_SETTINGS
 
 
 @dataclass
@@ -50,7 +51,7 @@ async def api_env(
 
     aws = SandboxAws()
     aws.start()
-    aws.set_delays(pending=0.3, deleting=0.2, deleted_visible=0.2)
+    aws.set_delays(pending=SANDBOX_PENDING, deleting=0.2, deleted_visible=0.2)
     seed = aws.seed_default("us-east-1", "us-west-2")
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         os.environ.setdefault(key, "testing")
@@ -64,9 +65,7 @@ async def api_env(
         "kube_url": kube_url,
         "task_namespaces": ["tasks"],
         "api_tokens": tokens,
-        # The poll schedule shaped by this sandbox's 0.3 s pending, as the dev stack does.
-        "endpoint_first_poll_seconds": 0.3,
-        "endpoint_poll_interval_seconds": 0.3,
+        **SANDBOX_POLL_SETTINGS,
     }
     values.update(overrides)
     if configure is not None:

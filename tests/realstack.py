@@ -26,7 +26,7 @@ from activities.store import Store
 from sandbox.aws import ENDPOINTS_ACCOUNT_ID, SandboxAws, SandboxSeed
 from sandbox.kube import SandboxKube
 from settings import Settings
-from tests.wfutil import fast_options
+from tests.wfutil import SANDBOX_PENDING, SANDBOX_POLL_SETTINGS, fast_options
 from workflows.contracts import CURRENT_RELEASE, ConnectionInput
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,9 +59,7 @@ class RealWorld:
             "aws_principal_arn": self.seed.principal_arn,
             "kube_url": self.kube_url,
             "task_namespaces": NAMESPACES,
-            # The poll schedule shaped by this sandbox's 0.3 s pending (make_world).
-            "endpoint_first_poll_seconds": 0.3,
-            "endpoint_poll_interval_seconds": 0.3,
+            **SANDBOX_POLL_SETTINGS,
         }
         values.update(overrides)
         return self.seed.settings(**values)
@@ -207,7 +205,7 @@ def make_world(temporal_address: str, tmp: Path) -> Iterator[RealWorld]:
         os.environ.setdefault(key, "testing")
     aws = SandboxAws()
     aws.start()
-    aws.set_delays(pending=0.3, deleting=0.3, deleted_visible=0.5)
+    aws.set_delays(pending=SANDBOX_PENDING, deleting=0.3, deleted_visible=0.5)
     seed = aws.seed_default("us-east-1", "us-west-2")
     kube = SandboxKube(NAMESPACES)
     kube_url = kube.start()

@@ -31,6 +31,14 @@ from workflows.contracts import (
 )
 
 HISTORIES = Path(__file__).parent / "histories"
+
+# How long the tests' sandbox AWS keeps a new endpoint pending, and the poll schedule shaped
+# by it (as sandbox/stack.py shapes the dev stack's): production's waits 30 s for AWS.
+SANDBOX_PENDING = 0.3
+SANDBOX_POLL_SETTINGS = {
+    "endpoint_first_poll_seconds": SANDBOX_PENDING,
+    "endpoint_poll_interval_seconds": SANDBOX_PENDING,
+}
 SERVICE = "com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0"
 
 

@@ -388,6 +388,14 @@ async def run_worker(settings: Settings | None = None) -> None:
 
 def main() -> None:
     asyncio.run(run_worker())
+    # As the CLI's main does (`privnet worker` exits through it): the worker has stopped and
+    # logged "worker stopped"; skip interpreter finalization, during which the SDK's Rust
+    # runtime threads can call back into Python and abort the process ("Fatal Python error:
+    # PyGILState_Release", temporalio/sdk-python#300; seen once by the SIGTERM test on a
+    # fresh clone).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

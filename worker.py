@@ -236,15 +236,16 @@ def real_activities(client: Client, settings: Settings) -> list[object]:
     from activities.guard import GuardActivities
     from activities.kubernetes import KubernetesActivities
     from activities.preflight import PreflightActivities
-    from activities.store import OrgSlotActivities, Store, StoreActivities
+    from activities.store import OrgSlotActivities, Store, StoreActivities, record_checked
     from activities.sweeper import SweeperActivities
     from migrations import prepare_store
 
     store = Store.from_settings(settings)
     prepare_store(settings, store)
+    write = functools.partial(record_checked, store)  # statuses steps pass through
     return [
-        AwsActivities(settings),
-        KubernetesActivities.from_settings(settings),
+        AwsActivities(settings, status_writer=write),
+        KubernetesActivities.from_settings(settings, status_writer=write),
         StoreActivities(store),
         OrgSlotActivities(store),
         GuardActivities(client, settings.guard_queue, settings.guard_leak_check_interval_seconds),

@@ -64,6 +64,7 @@ from activities.aws_errors import (
     quota_exceeded,
     region_not_supported,
 )
+from activities.status_writes import StatusWriter, write_passing_status
 from settings import EndpointNetwork, Settings
 from workflows.contracts import (
     ACT_CHECK_PRINCIPAL,
@@ -180,8 +181,10 @@ class AwsActivities:
         client_config: Config | None = None,
         counter: CallCounter | None = None,
         page_size: int | None = None,
+        status_writer: StatusWriter | None = None,
     ) -> None:
         self.settings = settings
+        self._status_writer = status_writer  # the store, for the statuses steps pass through
         self.calls = counter or CALLS
         self.page_size = page_size
         self._config = Config(
@@ -387,6 +390,7 @@ class AwsActivities:
 
     @activity.defn(name=ACT_CHECK_PRINCIPAL)
     def check_principal(self, input: CheckPrincipalInput) -> ServiceInfo:
+        write_passing_status(self._status_writer, input.status)
         cross = input.service_region != input.region
         networks = self._networks(input.region)
         ours = self._network_subnets(input.region, networks[0])
@@ -502,6 +506,7 @@ class AwsActivities:
         returns the same endpoint, so no lookup precedes the first attempt. After an
         ambiguous outcome (a retry; IdempotentParameterMismatch) the endpoint may exist:
         it is found by its tags and returned with ``created=False``."""
+        write_passing_status(self._status_writer, input.status)
         if _attempt() > 1:
             existing = self._find_by_connection(input.region, input.connection_id, input.org_id)
             if existing:

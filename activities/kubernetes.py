@@ -64,6 +64,7 @@ from activities.policy import (
     validate_org,
     validate_task_namespaces,
 )
+from activities.status_writes import StatusWriter, write_passing_status
 from settings import Settings
 from workflows.contracts import (
     ACT_APPLY_POLICIES,
@@ -102,8 +103,10 @@ class KubernetesActivities:
         *,
         conflict_retries: int = 5,
         conflict_backoff: float = 0.05,
+        status_writer: StatusWriter | None = None,
     ) -> None:
         self.api_client = api_client
+        self._status_writer = status_writer  # the store, for the status apply passes through
         self.custom = client.CustomObjectsApi(api_client)
         try:
             self.namespaces = validate_task_namespaces(namespaces)
@@ -114,7 +117,9 @@ class KubernetesActivities:
         self.conflict_backoff = conflict_backoff  # seconds; doubles per attempt, max 10x
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> KubernetesActivities:
+    def from_settings(
+        cls, settings: Settings, status_writer: StatusWriter | None = None
+    ) -> KubernetesActivities:
         """``kube_url`` → plain HTTP(S) without auth (the sandbox); ``kubeconfig`` /
         ``kube_context`` → that kubeconfig; else the in-cluster service account."""
         if settings.kube_url:
@@ -127,13 +132,19 @@ class KubernetesActivities:
             configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
             api_client = client.ApiClient(configuration)
-        return cls(api_client, list(settings.task_namespaces), settings.org_label_key)
+        return cls(
+            api_client,
+            list(settings.task_namespaces),
+            settings.org_label_key,
+            status_writer=status_writer,
+        )
 
     # ------------------------------------------------------------------ activities
 
     @activity.defn(name=ACT_APPLY_POLICIES)
     def apply_policies(self, input: ApplyPoliciesInput) -> ApplyPoliciesResult:
         """Make the connection's policy in every task namespace match the rendering."""
+        write_passing_status(self._status_writer, input.status)
         try:
             desired = {
                 ns: render_connection_policy(

@@ -508,6 +508,23 @@ def _sqlite_engine(database_url: str, engine_kwargs: dict[str, Any]) -> Engine:
     return engine
 
 
+def record_checked(store: Store, rec: StatusRecord) -> bool:
+    """``store.record`` for an activity: invalid data is a non-retryable error; database
+    errors (connection refused, lock timeouts, failover) propagate, so Temporal retries."""
+    try:
+        validate_org_id(rec.org_id)
+        validate_connection_id(rec.connection_id)
+        if rec.seq < 0:
+            raise InvalidInput("INVALID_SEQ", f"seq must be >= 0, got {rec.seq}")
+        return store.record(rec)
+    except (InvalidInput, ValueError, DataError) as e:
+        raise ApplicationError(
+            f"invalid status record for {rec.org_id}/{rec.connection_id} seq {rec.seq}: {e}",
+            type=Reason.INVALID_INPUT.value,
+            non_retryable=True,
+        ) from e
+
+
 class StoreActivities:
     """The store's activity. Sync: the worker runs it in its thread-pool executor.
 
@@ -520,18 +537,7 @@ class StoreActivities:
 
     @activity.defn(name=ACT_RECORD_STATUS)
     def record_status(self, rec: StatusRecord) -> None:
-        try:
-            validate_org_id(rec.org_id)
-            validate_connection_id(rec.connection_id)
-            if rec.seq < 0:
-                raise InvalidInput("INVALID_SEQ", f"seq must be >= 0, got {rec.seq}")
-            applied = self.store.record(rec)
-        except (InvalidInput, ValueError, DataError) as e:
-            raise ApplicationError(
-                f"invalid status record for {rec.org_id}/{rec.connection_id} seq {rec.seq}: {e}",
-                type=Reason.INVALID_INPUT.value,
-                non_retryable=True,
-            ) from e
+        applied = record_checked(self.store, rec)
         activity.logger.debug(
             "recorded %s/%s seq=%d status=%s applied=%s",
             rec.org_id,

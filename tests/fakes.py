@@ -168,8 +168,20 @@ class FakeActivities:
             while self.world.get(f"pause:{conn}:{name}"):
                 time.sleep(0.05)
 
+    def _write_passing(self, rec: StatusRecord | None) -> None:
+        """Release 4: the step writes the status it passes through before it acts."""
+        if rec is not None:
+            self._insert_status(rec)
+
+    def _insert_status(self, rec: StatusRecord) -> None:
+        self.world._exec(
+            "INSERT OR IGNORE INTO statuses (conn, seq, status, body) VALUES (?, ?, ?, ?)",
+            (rec.connection_id, rec.seq, rec.status.value, rec.model_dump_json()),
+        )
+
     @activity.defn(name=ACT_CHECK_PRINCIPAL)
     def check_principal(self, inp: CheckPrincipalInput) -> ServiceInfo:
+        self._write_passing(inp.status)
         self._enter(inp.connection_id, ACT_CHECK_PRINCIPAL)
         self.world.effect(inp.connection_id, "principal.check")
         self._checkpoint(inp.connection_id, ACT_CHECK_PRINCIPAL)
@@ -184,6 +196,7 @@ class FakeActivities:
 
     @activity.defn(name=ACT_CREATE_ENDPOINT)
     def create_endpoint(self, inp: CreateEndpointInput) -> EndpointRef:
+        self._write_passing(inp.status)
         conn = inp.connection_id
         self._enter(conn, ACT_CREATE_ENDPOINT)
         ep = self.world.get(f"endpoint:{conn}")
@@ -271,6 +284,7 @@ class FakeActivities:
 
     @activity.defn(name=ACT_APPLY_POLICIES)
     def apply_policies(self, inp: ApplyPoliciesInput) -> ApplyPoliciesResult:
+        self._write_passing(inp.status)
         conn = inp.connection_id
         self._enter(conn, ACT_APPLY_POLICIES)
         changed = []
@@ -301,10 +315,7 @@ class FakeActivities:
             self._enter(conn, ACT_RECORD_STATUS)
         else:
             self.world.call(conn, ACT_RECORD_STATUS)
-        self.world._exec(
-            "INSERT OR IGNORE INTO statuses (conn, seq, status, body) VALUES (?, ?, ?, ?)",
-            (conn, rec.seq, rec.status.value, rec.model_dump_json()),
-        )
+        self._insert_status(rec)
         if rec.status.value == "Active":
             self.world.effect(conn, "status.active")
         self._checkpoint(conn, ACT_RECORD_STATUS)

@@ -449,3 +449,55 @@ def test_delete_by_tag_never_touches_another_orgs_endpoint(
     )
     assert ep.state.lower() not in ("deleting", "deleted")
     assert aws_acts.delete_endpoint(other).vpc_endpoint_ids == [theirs.vpc_endpoint_id]
+
+
+def test_a_steps_passing_status_is_written_before_the_step_acts(
+    sandbox: SandboxAws, aws_seed: SandboxSeed, tmp_path: Any
+) -> None:
+    """Release 4: check_principal and create_endpoint write the status they pass through
+    first. A store that is down fails the attempt before any AWS call (the step retries the
+    write first again), so no endpoint exists that the store does not say is being made."""
+    from sqlalchemy.exc import OperationalError
+
+    from activities.aws import CallCounter
+    from activities.store import Store, record_checked
+    from tests.aws_fixtures import FAST, base_session, make_settings
+    from workflows.contracts import ConnectionStatus, StatusRecord
+
+    up = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    up.create_schema()
+    down = Store("postgresql+psycopg://privnet@127.0.0.1:1/test?connect_timeout=2")  # refused
+    store = {"now": down}
+    acts = AwsActivities(
+        make_settings(aws_seed), base_session(), client_config=FAST, counter=CallCounter(),
+        status_writer=lambda rec: record_checked(store["now"], rec),
+    )
+    conn = unique()
+    chk = check_input(aws_seed, "allowed", conn)
+
+    def rec(seq: int, status: ConnectionStatus) -> StatusRecord:
+        return StatusRecord(
+            org_id=ORG, connection_id=conn, seq=seq, at="2026-11-27T00:00:00Z", status=status,
+            endpoint_service_name=chk.service_name, region=chk.region,
+            service_region=chk.service_region, workflow_id=f"privnet-conn:{ORG}:{conn}",
+        )
+
+    checking = chk.model_copy(update={"status": rec(1, ConnectionStatus.CHECKING_PRINCIPAL)})
+    with pytest.raises(OperationalError):
+        acts.check_principal(checking)
+    assert acts.calls.snapshot() == {}  # no AWS call before its status is on record
+    store["now"] = up
+    info = acts.check_principal(checking)
+    creating = create_input(info, chk).model_copy(
+        update={"status": rec(2, ConnectionStatus.CREATING_ENDPOINT)}
+    )
+    store["now"] = down
+    with pytest.raises(OperationalError):
+        acts.create_endpoint(creating)
+    assert endpoints_of(sandbox, aws_seed, conn) == []
+    store["now"] = up
+    ref = acts.create_endpoint(creating)
+    assert [e["VpcEndpointId"] for e in endpoints_of(sandbox, aws_seed, conn)] == [ref.vpc_endpoint_id]
+    view = up.get(ORG, conn)
+    assert view is not None and view.status == "CreatingEndpoint"
+    assert [e.status for e in view.timeline or []] == ["CheckingPrincipal", "CreatingEndpoint"]

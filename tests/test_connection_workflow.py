@@ -119,14 +119,16 @@ def _history_marks(events: list[Any]) -> tuple[list[str], list[str]]:
     return markers, upserts
 
 
-@pytest.mark.parametrize("release", [0, CURRENT_RELEASE])
-async def test_release_3_records_no_patch_markers_and_only_resting_statuses_in_the_search_attribute(
+@pytest.mark.parametrize("release", [0, 3, CURRENT_RELEASE])
+async def test_each_release_records_its_command_sequence_and_every_status_in_the_store(
     env: Env, release: int
 ) -> None:
     """Each patch marker comes with a TemporalChangeVersion upsert, and every upsert is a
     visibility write: a release-3 input needs neither, and its search attribute skips the
-    statuses a connection only passes through. An input from before (release 0, e.g. an
-    older starter) still decides by markers and still records every status there."""
+    statuses a connection only passes through. Release 4 also writes those statuses from the
+    step's own activity, not with a local activity (a marker) each. An input from before
+    (release 0, e.g. an older starter) still decides by markers and still records every
+    status there. The store's timeline is complete in every release."""
     org, conn = uid("org"), uid("c")
     inp = make_input(org, conn).model_copy(update={"release": release})
     handle = await start(env.client, inp, env.task_queue)
@@ -137,6 +139,10 @@ async def test_release_3_records_no_patch_markers_and_only_resting_statuses_in_t
     assert [r.status.value for r in env.world.statuses(conn)] == [*HAPPY, "Deleting", "Deleted"]
     markers, upserts = _history_marks((await handle.fetch_history()).events)
     patches = [m for m in markers if m == "core_patch"]
+    status_writes = [m for m in markers if m == "core_local_activity"]
+    # Pending, WaitingForIp, Active, Deleting, Deleted; before release 4 also the three
+    # passing statuses (the guard's slot is asked and released by activities).
+    assert len(status_writes) == (5 if release >= 4 else 8)
     if release >= 3:
         assert patches == []
         assert upserts == ["WaitingForIp", "Active", "Deleting", "Deleted"]

@@ -453,3 +453,40 @@ def test_from_settings_with_kube_url_and_with_a_kubeconfig(
     assert _stored(sandbox_kube, "batch")["spec"]["endpointSelector"] == {
         "matchLabels": {"example.com/tenant": "acme"}
     }
+
+
+def test_apply_writes_the_status_it_passes_through_before_it_acts(
+    sandbox_kube: SandboxKube, kube_api_client: client.ApiClient, tmp_path: Path
+) -> None:
+    """Release 4: apply_policies writes ApplyingPolicy first; a store that is down fails the
+    attempt before any policy is written (the step retries, the write first again)."""
+    from sqlalchemy.exc import OperationalError
+
+    from activities.store import Store, record_checked
+    from tests.kube_fixtures import LABEL_KEY
+    from workflows.contracts import ConnectionStatus, StatusRecord
+
+    up = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    up.create_schema()
+    down = Store("postgresql+psycopg://privnet@127.0.0.1:1/test?connect_timeout=2")  # refused
+    store = {"now": down}
+    acts = KubernetesActivities(
+        kube_api_client, ["tasks"], LABEL_KEY,
+        status_writer=lambda rec: record_checked(store["now"], rec),
+    )
+    conn = "db-status-first"
+    applying = _inp(conn=conn).model_copy(update={"status": StatusRecord(
+        org_id="acme", connection_id=conn, seq=5, at="2026-11-27T00:00:00Z",
+        status=ConnectionStatus.APPLYING_POLICY,
+        endpoint_service_name="com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0",
+        region="us-east-1", service_region="us-east-1", workflow_id=f"privnet-conn:acme:{conn}",
+    )})
+    with pytest.raises(OperationalError):
+        acts.apply_policies(applying)
+    assert sandbox_kube.get_object(CNP, "tasks", policy_name("acme", conn)) is None
+    store["now"] = up
+    assert acts.apply_policies(applying).changed == ["tasks"]
+    assert _stored(sandbox_kube, name=policy_name("acme", conn))["spec"]
+    view = up.get("acme", conn)
+    assert view is not None and [e.status for e in view.timeline or []] == ["ApplyingPolicy"]
+    acts.delete_policies(DeletePoliciesInput(org_id="acme", connection_id=conn))

@@ -55,6 +55,14 @@ EXPECTED = {
         "cancel_during_create_endpoint", "cancel_during_apply_policies",
         *(f"fail_step{i}" for i in range(1, 6)),
     )),
+    # Release 4: the statuses a connection passes through are written by the step's own
+    # activity (in its input), not by a local activity (a marker) each.
+    *(f"connection_{p}_v4" for p in (
+        "happy_then_delete", "acceptance", "rejected", "admitted_then_deleted",
+        "resumed_after_can", "drift_repair", "cancel_signal", "temporal_cancel",
+        "cancel_during_create_endpoint", "cancel_during_apply_policies",
+        *(f"fail_step{i}" for i in range(1, 6)),
+    )),
     "guard_first_run",
     "guard_leak_repair",
 }

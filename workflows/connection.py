@@ -326,7 +326,9 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
 
     async def _check_principal(self) -> ServiceInfo:
         """Step 1: our principal can see the service; its AZs and acceptance setting."""
-        await self._record(S.CHECKING_PRINCIPAL, "checking our principal can see the service")
+        status = await self._pass_through(
+            S.CHECKING_PRINCIPAL, "checking our principal can see the service"
+        )
         self._details("DescribeVpcEndpointServices in the endpoints account", "AWS answer")
         service: ServiceInfo = await self._step(
             ACT_CHECK_PRINCIPAL,
@@ -336,6 +338,7 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
                 service_name=self._inp.endpoint_service_name,
                 region=self._inp.region,
                 service_region=self._state.service_region,
+                status=status,
             ),
             ServiceInfo,
             reason=Reason.PRINCIPAL_CHECK_FAILED,
@@ -347,7 +350,7 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
     async def _create_endpoint(self, service: ServiceInfo) -> EndpointRef:
         """Step 2. The undo is registered first: a crash, a lost response or a cancellation
         mid-call may hide a created endpoint."""
-        await self._record(S.CREATING_ENDPOINT, "creating the interface VPC endpoint")
+        status = await self._pass_through(S.CREATING_ENDPOINT, "creating the interface VPC endpoint")
         self._details("CreateVpcEndpoint (idempotent by ClientToken)", "AWS answer")
         undo = self._register_endpoint_undo()
         arg = CreateEndpointInput(
@@ -357,6 +360,7 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
             region=self._inp.region,
             service_region=self._state.service_region,
             service_az_ids=service.usable_az_ids or service.az_ids,
+            status=status,
         )
         try:
             ref = await self._side_effect(self._create_and_remember(arg))
@@ -389,11 +393,13 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
         must never outlive the endpoint, or a reused IP would open another org's endpoint."""
         self._state.ips = addresses.ips
         self._state.dns_names = addresses.dns_names
-        await self._record(S.APPLYING_POLICY, f"allowing egress to {', '.join(addresses.ips)}")
+        status = await self._pass_through(
+            S.APPLYING_POLICY, f"allowing egress to {', '.join(addresses.ips)}"
+        )
         self._details("Applying CiliumNetworkPolicy in the task namespaces", "Kubernetes API")
         self._register_policies_undo()
         try:
-            await self._apply_policies(addresses.ips)
+            await self._apply_policies(addresses.ips, status=status)
         except ActivityError as err:
             if is_cancellation(err):
                 raise

@@ -303,7 +303,10 @@ class ResumeState(BaseModel):
 # markers (each one is a history event and a TemporalChangeVersion search-attribute upsert,
 # i.e. a visibility write, in every new workflow), and the search attribute holds only
 # resting statuses. Inputs from before it carry 0 and keep deciding by markers.
-CURRENT_RELEASE = 3
+# 4: a status a connection only passes through (PASSING_STATUSES) is written by the step's
+# own activity before it acts (``status`` in its input), not by a local activity of its own:
+# three fewer local activities, markers and activations per connection.
+CURRENT_RELEASE = 4
 
 
 class ConnectionInput(BaseModel):
@@ -316,8 +319,9 @@ class ConnectionInput(BaseModel):
     options: ConnectionOptions = Field(default_factory=ConnectionOptions)
     resume: ResumeState | None = None
     # Input, so replay sees the same value; continue-as-new copies it. Workers must be
-    # upgraded before starters: a worker from before release 3 ignores the field and
-    # records markers that release-3 code, told it needs none, would not expect.
+    # upgraded before starters: an older worker runs a newer release the old way (markers
+    # before release 3, a local activity per passing status before 4), which the newer
+    # code would not expect on replay.
     release: int = 0
 
     @field_validator("org_id")
@@ -483,12 +487,37 @@ class ClosedWorkflowsResult(BaseModel):
     closed: list[str]
 
 
+class StatusRecord(BaseModel):
+    """One status write. ``seq`` grows with every write of one workflow run; the store
+    ignores a write whose seq is not newer than the row's (retries, out-of-order)."""
+
+    org_id: str
+    connection_id: str
+    seq: int
+    at: datetime
+    status: ConnectionStatus
+    reason: str | None = None
+    message: str = ""
+    detail: str = ""
+    endpoint_service_name: str
+    region: str
+    service_region: str
+    display_name: str | None = None
+    workflow_id: str
+    vpc_endpoint_id: str | None = None
+    ips: list[str] = Field(default_factory=list)
+    dns_names: list[str] = Field(default_factory=list)
+
+
 class CheckPrincipalInput(BaseModel):
     org_id: str
     connection_id: str
     service_name: str
     region: str  # where our endpoint lives
     service_region: str
+    # Release 4: the status this step passes through, which the activity writes to the store
+    # before it acts (instead of a local activity of its own); None from earlier releases.
+    status: StatusRecord | None = None
 
 
 class ServiceInfo(BaseModel):
@@ -508,6 +537,9 @@ class CreateEndpointInput(BaseModel):
     region: str
     service_region: str
     service_az_ids: list[str]
+    # Release 4: the status this step passes through, which the activity writes to the store
+    # before it acts (instead of a local activity of its own); None from earlier releases.
+    status: StatusRecord | None = None
 
 
 class EndpointRef(BaseModel):
@@ -579,6 +611,9 @@ class ApplyPoliciesInput(BaseModel):
     connection_id: str
     ips: list[str]
     ports: list[int] = Field(default_factory=list)
+    # Release 4: the status this step passes through, which the activity writes to the store
+    # before it acts (instead of a local activity of its own); None from earlier releases.
+    status: StatusRecord | None = None
 
 
 class ApplyPoliciesResult(BaseModel):
@@ -589,28 +624,6 @@ class ApplyPoliciesResult(BaseModel):
 class DeletePoliciesInput(BaseModel):
     org_id: str
     connection_id: str
-
-
-class StatusRecord(BaseModel):
-    """One status write. ``seq`` grows with every write of one workflow run; the store
-    ignores a write whose seq is not newer than the row's (retries, out-of-order)."""
-
-    org_id: str
-    connection_id: str
-    seq: int
-    at: datetime
-    status: ConnectionStatus
-    reason: str | None = None
-    message: str = ""
-    detail: str = ""
-    endpoint_service_name: str
-    region: str
-    service_region: str
-    display_name: str | None = None
-    workflow_id: str
-    vpc_endpoint_id: str | None = None
-    ips: list[str] = Field(default_factory=list)
-    dns_names: list[str] = Field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- views

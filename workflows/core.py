@@ -166,7 +166,9 @@ class ConnectionCore:
                     pass
         self._in_flight.clear()
 
-    async def _apply_policies(self, ips: list[str], **kwargs: Any) -> ApplyPoliciesResult:
+    async def _apply_policies(
+        self, ips: list[str], *, status: StatusRecord | None = None, **kwargs: Any
+    ) -> ApplyPoliciesResult:
         result: ApplyPoliciesResult = await self._side_effect(
             self._activity(
                 ACT_APPLY_POLICIES,
@@ -175,6 +177,7 @@ class ConnectionCore:
                     connection_id=self._inp.connection_id,
                     ips=ips,
                     ports=self._inp.ports,
+                    status=status,
                 ),
                 ApplyPoliciesResult,
                 summary="apply the CiliumNetworkPolicy",
@@ -232,10 +235,45 @@ class ConnectionCore:
         attribute, so all three agree. ``strict`` lets a non-retryable store error surface
         (marking Active must succeed); other writes retry forever: a flaky database never
         loses a transition."""
+        rec = self._status_record(status, detail)
+        retry = STEP_RETRY if strict else FOREVER_RETRY
+        summary = f"record status {status.value}"
+        if self._current():
+            # A local activity: one store write needs no task queue round trip and no
+            # workflow task of its own (half of a connection's activities are these).
+            await workflow.execute_local_activity(
+                ACT_RECORD_STATUS,
+                rec,
+                start_to_close_timeout=timedelta(seconds=10),
+                schedule_to_close_timeout=STEP_DEADLINE if strict else None,
+                retry_policy=retry,
+                summary=summary,
+            )
+        else:  # histories recorded before the patch
+            await self._activity(ACT_RECORD_STATUS, rec, None, summary=summary, retry=retry)
+        self._show(status, detail)
+
+    async def _pass_through(self, status: ConnectionStatus, detail: str) -> StatusRecord | None:
+        """A status the next step passes through (``PASSING_STATUSES``). From release 4 the
+        step's activity writes it before it acts: the record is returned to travel in the
+        activity's input, and the step's retry policy retries the write with the step (a
+        store down past the step's deadline fails the step, as it fails marking Active).
+        Before release 4: a write of its own, as ``_record``."""
+        if self._inp.release < 4:
+            await self._record(status, detail)
+            return None
+        rec = self._status_record(status, detail)
+        self._show(status, detail)
+        return rec
+
+    def _status_record(self, status: ConnectionStatus, detail: str) -> StatusRecord:
+        """The next status write; its seq is consumed even if the write fails, so a later
+        write always wins."""
         seq = self._state.seq + 1
         if self._since(PATCH_SEQ_BY_HISTORY):
             seq = max(seq, workflow.info().get_current_history_length())
-        rec = StatusRecord(
+        self._state.seq = seq
+        return StatusRecord(
             org_id=self._inp.org_id,
             connection_id=self._inp.connection_id,
             seq=seq,
@@ -253,23 +291,9 @@ class ConnectionCore:
             ips=self._state.ips,
             dns_names=self._state.dns_names,
         )
-        # The seq is consumed even if the write fails, so a later write always wins.
-        self._state.seq = seq
-        retry = STEP_RETRY if strict else FOREVER_RETRY
-        summary = f"record status {status.value}"
-        if self._current():
-            # A local activity: one store write needs no task queue round trip and no
-            # workflow task of its own (half of a connection's activities are these).
-            await workflow.execute_local_activity(
-                ACT_RECORD_STATUS,
-                rec,
-                start_to_close_timeout=timedelta(seconds=10),
-                schedule_to_close_timeout=STEP_DEADLINE if strict else None,
-                retry_policy=retry,
-                summary=summary,
-            )
-        else:  # histories recorded before the patch
-            await self._activity(ACT_RECORD_STATUS, rec, None, summary=summary, retry=retry)
+
+    def _show(self, status: ConnectionStatus, detail: str) -> None:
+        """The query state and, for a resting status, the search attribute."""
         self._state.status = status
         self._state.step = detail
         if self._inp.release < 3 or status not in PASSING_STATUSES:

@@ -94,9 +94,9 @@ _ADMISSION_STATUSES = frozenset({ConnectionStatus.PENDING})
 # query: a round trip through the Temporal server to a worker, which runs it in the workflow's
 # sandbox. With looks every 0.1 s, 200 creates at once cost the bench's worker 113 and its
 # dev server 150 ms of CPU per connection; with paced looks 98 and 136 (one bench run, N=200,
-# two repetitions each, same code otherwise). Quick looks
-# first (most connections are admitted within a second), then at most every 0.5 s, so a
-# create still returns within half a second of its admission.
+# two repetitions each, same code otherwise). Quick looks first (most connections are
+# admitted within a second), then at most every 0.5 s, so a create still returns within
+# half a second of its admission.
 ADMISSION_FIRST_PAUSE = 0.1
 ADMISSION_MAX_PAUSE = 0.5
 DELETE_ACK_WAIT = 1.0  # how long ``delete`` waits for the workflow to show Deleting

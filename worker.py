@@ -10,6 +10,7 @@ SIGINT shut the worker down cleanly (running activities finish or are cancelled)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -18,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import CodeType
@@ -27,6 +29,8 @@ import structlog
 from temporalio import activity
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, SerializationContext, WorkflowSerializationContext
+from temporalio.converter._extstore import StorageDriverStoreContext
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import (
     ActivityInboundInterceptor,
@@ -288,15 +292,48 @@ def _compiled(code: str) -> CodeType:
 class _CompiledOnceInstance(_SandboxInstance):
     """The SDK's sandboxed instance, its few fixed snippets compiled once: it ``exec``s a
     source string for every activation and every payload's serialization context, which
-    compiles it each time (10.6% of the bench worker's GIL time at N=200, py-spy)."""
+    compiles it each time (10.6% of the bench worker's GIL time at N=200, py-spy).
+
+    With ``contexts_unused`` (the worker's data converter reads no serialization or store
+    context: no codec, no external storage, converters that ignore contexts) it also
+    answers the SDK's per-payload context questions without entering the sandbox: each was
+    a sandbox run asking the workflow which command a payload belongs to (10% of the bench
+    worker's GIL time at N=200, py-spy), for an answer no converter reads."""
+
+    contexts_unused = False
 
     def _run_code(self, code: str, **extra_globals: Any) -> None:
         super()._run_code(_compiled(code), **extra_globals)  # type: ignore[arg-type]
 
+    def get_serialization_context(self, command_info: Any) -> SerializationContext | None:
+        if self.contexts_unused:
+            return None  # the SDK then uses the context-free converter: the same converter
+        return super().get_serialization_context(command_info)
 
+    def get_external_store_context(self, command_info: Any) -> StorageDriverStoreContext:
+        if self.contexts_unused:
+            return StorageDriverStoreContext(target=None)  # no external storage to tell
+        return super().get_external_store_context(command_info)
+
+
+@dataclass(frozen=True)
 class CompiledOnceSandboxedRunner(SandboxedWorkflowRunner):
+    contexts_unused: bool = False
+
     def create_instance(self, det: WorkflowInstanceDetails) -> WorkflowInstance:
-        return _CompiledOnceInstance(det, self.runner_class, self.restrictions)
+        instance = _CompiledOnceInstance(det, self.runner_class, self.restrictions)
+        instance.contexts_unused = self.contexts_unused
+        return instance
+
+
+def ignores_contexts(converter: DataConverter) -> bool:
+    """Whether no part of ``converter`` reads a serialization or store context."""
+    probe = WorkflowSerializationContext(namespace="probe", workflow_id="probe")
+    return (
+        converter.payload_codec is None
+        and converter.external_storage is None
+        and converter.with_context(probe) is converter
+    )
 
 
 # The sandbox re-imports every module that is not passed through for every workflow run it
@@ -306,8 +343,16 @@ class CompiledOnceSandboxedRunner(SandboxedWorkflowRunner):
 # new workflow. Third-party and standard modules stay sandboxed as before; tests/test_replay
 # replays the recorded histories under the default, strict sandbox, which re-imports them.
 WORKFLOW_RUNNER = CompiledOnceSandboxedRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows")
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows"),
+    contexts_unused=ignores_contexts(pydantic_data_converter),
 )
+
+
+def runner_for(converter: DataConverter) -> CompiledOnceSandboxedRunner:
+    """``WORKFLOW_RUNNER``, asking the sandbox for contexts if ``converter`` reads them."""
+    if ignores_contexts(converter) or not WORKFLOW_RUNNER.contexts_unused:
+        return WORKFLOW_RUNNER
+    return dataclasses.replace(WORKFLOW_RUNNER, contexts_unused=False)
 
 
 def build_worker(
@@ -335,7 +380,7 @@ def build_worker(
         "activity_executor": executor,
         "interceptors": interceptors,
         "graceful_shutdown_timeout": timedelta(seconds=10),
-        "workflow_runner": WORKFLOW_RUNNER,
+        "workflow_runner": runner_for(client.data_converter),
     }
     cache = settings.worker_cache_size if max_cached_workflows is None else max_cached_workflows
     connections = Worker(

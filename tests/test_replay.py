@@ -6,11 +6,15 @@ Fixtures are recorded by running the workflow tests with PRIVNET_RECORD_HISTORIE
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import PayloadCodec, SerializationContext, WithSerializationContext
 from temporalio.worker import Replayer
 
 import worker
@@ -101,3 +105,56 @@ async def test_the_workers_sandbox_compiles_its_snippets_once() -> None:
     after = worker._compiled.cache_info()
     assert after.hits - before.hits > 20  # every activation and payload context
     assert after.misses - before.misses <= 10  # a few fixed snippets, not one per call
+
+
+class _ContextCodec(PayloadCodec, WithSerializationContext):
+    """A codec that reads the serialization context (as an encryption codec keyed by
+    workflow id would): the worker must keep asking the sandbox for contexts."""
+
+    def __init__(self, seen: list[object] | None = None) -> None:
+        self.seen = seen if seen is not None else []
+
+    def with_context(self, context: SerializationContext) -> _ContextCodec:
+        self.seen.append(context)
+        return _ContextCodec(self.seen)
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return list(payloads)
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return list(payloads)
+
+
+@pytest.mark.parametrize("reads_contexts", [False, True], ids=["pydantic", "context-codec"])
+async def test_the_workers_sandbox_is_asked_for_payload_contexts_only_if_a_converter_reads_them(
+    monkeypatch: pytest.MonkeyPatch, reads_contexts: bool
+) -> None:
+    """The SDK asks the sandboxed workflow, for every payload, which command it belongs to,
+    so a context-aware converter can use it. privnet's converter reads none: the worker's
+    runner answers without entering the sandbox. A converter that reads contexts gets the
+    SDK's answers, from the sandbox, as before."""
+    from temporalio.worker.workflow_sandbox._runner import _Instance
+
+    asked: list[object] = []
+    original = _Instance.get_serialization_context
+
+    def counting(self: _Instance, command_info: object) -> object:
+        asked.append(command_info)
+        return original(self, command_info)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_Instance, "get_serialization_context", counting)
+    converter = pydantic_data_converter
+    seen: list[object] = []
+    if reads_contexts:
+        converter = dataclasses.replace(pydantic_data_converter, payload_codec=_ContextCodec(seen))
+    runner = worker.runner_for(converter)
+    assert (runner is WORKFLOW_RUNNER) is not reads_contexts
+    path = next(p for p in HISTORIES if p.stem == "connection_happy_then_delete_v4")
+    history = WorkflowHistory.from_json(path.stem, await asyncio.to_thread(path.read_text))
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=converter, workflow_runner=runner)
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
+    assert result.replay_failure is None
+    if reads_contexts:
+        assert len(asked) > 10 and any(type(c).__name__ == "ActivitySerializationContext" for c in seen)
+    else:
+        assert asked == []

@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import CodeType
@@ -316,7 +315,7 @@ class _CompiledOnceInstance(_SandboxInstance):
         return super().get_external_store_context(command_info)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class CompiledOnceSandboxedRunner(SandboxedWorkflowRunner):
     contexts_unused: bool = False
 

@@ -10,7 +10,6 @@ SIGINT shut the worker down cleanly (running activities finish or are cancelled)
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import os
@@ -25,11 +24,12 @@ from types import CodeType
 from typing import Any
 
 import structlog
+import temporalio.bridge.worker
 from temporalio import activity
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter, SerializationContext, WorkflowSerializationContext
-from temporalio.converter._extstore import StorageDriverStoreContext
+from temporalio.converter import DataConverter, WorkflowSerializationContext
+from temporalio.converter._extstore import StorageOperationMetrics
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import (
     ActivityInboundInterceptor,
@@ -39,6 +39,7 @@ from temporalio.worker import (
     WorkflowInstance,
     WorkflowInstanceDetails,
 )
+from temporalio.worker._workflow import _CommandAwareDataConverter
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 from temporalio.worker.workflow_sandbox._runner import _Instance as _SandboxInstance
 
@@ -291,48 +292,15 @@ def _compiled(code: str) -> CodeType:
 class _CompiledOnceInstance(_SandboxInstance):
     """The SDK's sandboxed instance, its few fixed snippets compiled once: it ``exec``s a
     source string for every activation and every payload's serialization context, which
-    compiles it each time (10.6% of the bench worker's GIL time at N=200, py-spy).
-
-    With ``contexts_unused`` (the worker's data converter reads no serialization or store
-    context: no codec, no external storage, converters that ignore contexts) it also
-    answers the SDK's per-payload context questions without entering the sandbox: each was
-    a sandbox run asking the workflow which command a payload belongs to (10% of the bench
-    worker's GIL time at N=200, py-spy), for an answer no converter reads."""
-
-    contexts_unused = False
+    compiles it each time (10.6% of the bench worker's GIL time at N=200, py-spy)."""
 
     def _run_code(self, code: str, **extra_globals: Any) -> None:
         super()._run_code(_compiled(code), **extra_globals)  # type: ignore[arg-type]
 
-    def get_serialization_context(self, command_info: Any) -> SerializationContext | None:
-        if self.contexts_unused:
-            return None  # the SDK then uses the context-free converter: the same converter
-        return super().get_serialization_context(command_info)
 
-    def get_external_store_context(self, command_info: Any) -> StorageDriverStoreContext:
-        if self.contexts_unused:
-            return StorageDriverStoreContext(target=None)  # no external storage to tell
-        return super().get_external_store_context(command_info)
-
-
-@dataclasses.dataclass(frozen=True)
 class CompiledOnceSandboxedRunner(SandboxedWorkflowRunner):
-    contexts_unused: bool = False
-
     def create_instance(self, det: WorkflowInstanceDetails) -> WorkflowInstance:
-        instance = _CompiledOnceInstance(det, self.runner_class, self.restrictions)
-        instance.contexts_unused = self.contexts_unused
-        return instance
-
-
-def ignores_contexts(converter: DataConverter) -> bool:
-    """Whether no part of ``converter`` reads a serialization or store context."""
-    probe = WorkflowSerializationContext(namespace="probe", workflow_id="probe")
-    return (
-        converter.payload_codec is None
-        and converter.external_storage is None
-        and converter.with_context(probe) is converter
-    )
+        return _CompiledOnceInstance(det, self.runner_class, self.restrictions)
 
 
 # The sandbox re-imports every module that is not passed through for every workflow run it
@@ -342,16 +310,70 @@ def ignores_contexts(converter: DataConverter) -> bool:
 # new workflow. Third-party and standard modules stay sandboxed as before; tests/test_replay
 # replays the recorded histories under the default, strict sandbox, which re-imports them.
 WORKFLOW_RUNNER = CompiledOnceSandboxedRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows"),
-    contexts_unused=ignores_contexts(pydantic_data_converter),
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows")
 )
 
 
-def runner_for(converter: DataConverter) -> CompiledOnceSandboxedRunner:
-    """``WORKFLOW_RUNNER``, asking the sandbox for contexts if ``converter`` reads them."""
-    if ignores_contexts(converter) or not WORKFLOW_RUNNER.contexts_unused:
-        return WORKFLOW_RUNNER
-    return dataclasses.replace(WORKFLOW_RUNNER, contexts_unused=False)
+def payload_passes_idle(converter: DataConverter) -> bool:
+    """Whether the SDK's payload passes have nothing to do for ``converter``: no codec, no
+    external storage, and no part of it reads a serialization or store context."""
+    probe = WorkflowSerializationContext(namespace="probe", workflow_id="probe")
+    return (
+        converter.payload_codec is None
+        and converter.external_storage is None
+        and converter.with_context(probe) is converter
+    )
+
+
+_passes_wrapped = False
+
+
+def skip_idle_payload_passes() -> None:
+    """Skip the workflow worker's per-activation payload passes when they would do nothing.
+
+    For every activation the SDK (1.35) builds a command-aware data converter twice (each
+    build constructs a new payload converter) and walks every payload of the activation
+    three times and of its completion three times: codec, external storage, storage
+    references. It asks the sandboxed workflow, per payload, which command the payload
+    belongs to, so that a context-aware codec can use it. privnet's converter (pydantic, no
+    codec, no external storage) makes every pass an identity: together they were 16% of the
+    bench worker's GIL time at N=200 (py-spy). This wraps the three SDK functions, process
+    wide and once, to return at once for such a converter; any other converter (a codec, a
+    context-aware one) takes the SDK's path unchanged. The one thing skipped besides: the
+    SDK's error for a payload stored externally by some other client while this worker has
+    no external storage; such a payload then fails to decode in the converter instead.
+    ``tests/test_replay.py`` checks both ways and fails if an SDK upgrade moves these."""
+    global _passes_wrapped
+    if _passes_wrapped:
+        return
+    _passes_wrapped = True
+    bridge = temporalio.bridge.worker
+    decode, encode = bridge.decode_activation, bridge.encode_completion
+    create = _CommandAwareDataConverter.create
+
+    async def decode_activation(activation: Any, data_converter: DataConverter, **kw: Any) -> Any:
+        if payload_passes_idle(data_converter):
+            return StorageOperationMetrics()
+        return await decode(activation, data_converter, **kw)
+
+    async def encode_completion(completion: Any, data_converter: DataConverter, **kw: Any) -> Any:
+        if payload_passes_idle(data_converter):
+            return StorageOperationMetrics()
+        return await encode(completion, data_converter, **kw)
+
+    def command_aware(
+        instance: WorkflowInstance,
+        context_free_dc: DataConverter,
+        workflow_context_dc: DataConverter,
+        workflow_context: WorkflowSerializationContext,
+    ) -> DataConverter:
+        if workflow_context_dc is context_free_dc and payload_passes_idle(context_free_dc):
+            return context_free_dc  # every command's converter would be this one
+        return create(instance, context_free_dc, workflow_context_dc, workflow_context)
+
+    bridge.decode_activation = decode_activation  # type: ignore[assignment]
+    bridge.encode_completion = encode_completion  # type: ignore[assignment]
+    _CommandAwareDataConverter.create = staticmethod(command_aware)  # type: ignore[method-assign,assignment]
 
 
 def build_worker(
@@ -368,6 +390,7 @@ def build_worker(
     the real adapters from settings; tests inject fakes registered under the same names).
     Both workers register every activity (the guard's local activities run where it runs)."""
     objs = list(activities) if activities is not None else real_activities(client, settings)
+    skip_idle_payload_passes()
     interceptors: list[Interceptor] = [LogContextInterceptor()]
     if settings.failpoints:
         interceptors.append(Failpoints(settings.failpoints, settings.failpoint_log))
@@ -379,7 +402,7 @@ def build_worker(
         "activity_executor": executor,
         "interceptors": interceptors,
         "graceful_shutdown_timeout": timedelta(seconds=10),
-        "workflow_runner": runner_for(client.data_converter),
+        "workflow_runner": WORKFLOW_RUNNER,
     }
     cache = settings.worker_cache_size if max_cached_workflows is None else max_cached_workflows
     connections = Worker(

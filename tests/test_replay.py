@@ -103,13 +103,13 @@ async def test_the_workers_sandbox_compiles_its_snippets_once() -> None:
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None
     after = worker._compiled.cache_info()
-    assert after.hits - before.hits > 20  # every activation and payload context
+    assert after.hits - before.hits > 20  # every activation
     assert after.misses - before.misses <= 10  # a few fixed snippets, not one per call
 
 
 class _ContextCodec(PayloadCodec, WithSerializationContext):
     """A codec that reads the serialization context (as an encryption codec keyed by
-    workflow id would): the worker must keep asking the sandbox for contexts."""
+    workflow id would): the SDK's payload passes must run for it, contexts included."""
 
     def __init__(self, seen: list[object] | None = None) -> None:
         self.seen = seen if seen is not None else []
@@ -125,36 +125,48 @@ class _ContextCodec(PayloadCodec, WithSerializationContext):
         return list(payloads)
 
 
-@pytest.mark.parametrize("reads_contexts", [False, True], ids=["pydantic", "context-codec"])
-async def test_the_workers_sandbox_is_asked_for_payload_contexts_only_if_a_converter_reads_them(
-    monkeypatch: pytest.MonkeyPatch, reads_contexts: bool
+@pytest.mark.parametrize("idle", [True, False], ids=["pydantic", "context-codec"])
+async def test_the_worker_skips_the_sdks_payload_passes_only_where_they_do_nothing(
+    monkeypatch: pytest.MonkeyPatch, idle: bool
 ) -> None:
-    """The SDK asks the sandboxed workflow, for every payload, which command it belongs to,
-    so a context-aware converter can use it. privnet's converter reads none: the worker's
-    runner answers without entering the sandbox. A converter that reads contexts gets the
-    SDK's answers, from the sandbox, as before."""
+    """For every activation the SDK walks every payload six times (codec, external storage,
+    storage references; in and out), asking the sandboxed workflow which command each
+    belongs to. With privnet's converter (no codec, no external storage, no context read)
+    the worker skips them: no pass, no question. A converter with a codec that reads
+    contexts gets every pass and every context, as before. If an SDK upgrade moves the
+    passes elsewhere, the first case fails."""
+    from temporalio.bridge._visitor import PayloadVisitor
     from temporalio.worker.workflow_sandbox._runner import _Instance
 
+    visits: list[str] = []
     asked: list[object] = []
-    original = _Instance.get_serialization_context
+    visit, context_of = PayloadVisitor.visit, _Instance.get_serialization_context
 
-    def counting(self: _Instance, command_info: object) -> object:
+    async def counting_visit(self: PayloadVisitor, fs: object, root: object) -> None:
+        visits.append(type(root).__name__)
+        await visit(self, fs, root)  # type: ignore[arg-type]
+
+    def counting_context(self: _Instance, command_info: object) -> object:
         asked.append(command_info)
-        return original(self, command_info)  # type: ignore[arg-type]
+        return context_of(self, command_info)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_Instance, "get_serialization_context", counting)
-    converter = pydantic_data_converter
+    monkeypatch.setattr(PayloadVisitor, "visit", counting_visit)
+    monkeypatch.setattr(_Instance, "get_serialization_context", counting_context)
+    worker.skip_idle_payload_passes()  # what build_worker does
     seen: list[object] = []
-    if reads_contexts:
+    converter = pydantic_data_converter
+    if not idle:
         converter = dataclasses.replace(pydantic_data_converter, payload_codec=_ContextCodec(seen))
-    runner = worker.runner_for(converter)
-    assert (runner is WORKFLOW_RUNNER) is not reads_contexts
+    assert worker.payload_passes_idle(converter) is idle
     path = next(p for p in HISTORIES if p.stem == "connection_happy_then_delete_v4")
     history = WorkflowHistory.from_json(path.stem, await asyncio.to_thread(path.read_text))
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=converter, workflow_runner=runner)
+    replayer = Replayer(
+        workflows=WORKFLOWS, data_converter=converter, workflow_runner=WORKFLOW_RUNNER
+    )
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None
-    if reads_contexts:
-        assert len(asked) > 10 and any(type(c).__name__ == "ActivitySerializationContext" for c in seen)
+    if idle:
+        assert visits == [] and asked == []
     else:
-        assert asked == []
+        assert len(visits) > 30 and len(asked) > 10
+        assert any(type(c).__name__ == "ActivitySerializationContext" for c in seen)

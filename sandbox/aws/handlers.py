@@ -7,6 +7,7 @@ in every ``_h_*`` function is moto's EC2Response for the request.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -353,7 +354,8 @@ def _indexed(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
 def install_privatelink() -> None:
     """Patch moto (idempotent, process-wide): the handlers above replace EC2Response's
     (originals kept in ``_ORIGINAL``: gateway endpoints still use them), tag writes keep
-    the endpoint tag index current, and endpoint tags are read without a scan."""
+    the endpoint tag index current, and endpoint tags are read without a scan; two facts
+    moto's server recomputed on every request are computed once (``_dispatch_once``)."""
     global _ORIGINAL_BACKEND_CREATE
     from moto.ec2.models import EC2Backend
     from moto.ec2.models.tags import TagBackend
@@ -372,3 +374,21 @@ def install_privatelink() -> None:
             setattr(TagBackend, name, _indexed(name, getattr(TagBackend, name)))
         VPCEndPoint.get_tags = _fast_tags  # type: ignore[method-assign]
         _ORIGINAL_BACKEND_CREATE = EC2Backend.create_vpc_endpoint
+        _dispatch_once()
+
+
+def _dispatch_once() -> None:
+    """moto's server recomputes, for every request, a response class's method names
+    (``inspect.getmembers`` over EC2Response's hundreds of methods) and the list of its own
+    service packages (``os.listdir`` and ``isdir`` over moto's directory): 19% and 4% of
+    the sandbox process's CPU in the bench (py-spy), on a machine whose two cores the
+    worker and the Temporal server share. Both are fixed once the handlers above are in
+    place, so each is computed once."""
+    import moto.backends
+    import moto.core.responses
+
+    moto.core.responses.method_names_from_class = functools.cache(  # type: ignore[assignment]
+        moto.core.responses.method_names_from_class
+    )
+    modules = tuple(moto.backends.list_of_moto_modules())
+    moto.backends.list_of_moto_modules = lambda: modules  # type: ignore[assignment]

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import CodeType
 from typing import Any
@@ -30,6 +30,7 @@ from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, WorkflowSerializationContext
 from temporalio.converter._extstore import StorageOperationMetrics
+from temporalio.exceptions import ApplicationError
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import (
     ActivityInboundInterceptor,
@@ -45,6 +46,7 @@ from temporalio.worker.workflow_sandbox._runner import _Instance as _SandboxInst
 
 from settings import Settings, get_settings
 from workflows.connection import PrivateConnectionWorkflow
+from workflows.contracts import LOCAL_ACTIVITY_DEADLINE
 from workflows.org_guard import OrgGuardWorkflow
 from workflows.preflight import PreflightWorkflow, SetupFactsWorkflow
 from workflows.sweeper import SweepWorkflow
@@ -111,6 +113,34 @@ class _BindLogContext(ActivityInboundInterceptor):
 class LogContextInterceptor(Interceptor):
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
         return _BindLogContext(next)
+
+
+class _LocalDeadline(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        info = activity.info()
+        limit = info.schedule_to_close_timeout
+        if info.is_local and limit and info.attempt > 1:
+            deadline = info.scheduled_time + limit
+            if datetime.now(UTC) >= deadline:
+                raise ApplicationError(
+                    f"{info.activity_type} did not succeed within its {limit} deadline "
+                    f"({info.attempt - 1} attempts)",
+                    type=LOCAL_ACTIVITY_DEADLINE,
+                    non_retryable=True,
+                )
+        return await super().execute_activity(input)
+
+
+class LocalActivityDeadline(Interceptor):
+    """Ends a local activity's retries at its schedule-to-close deadline. The SDK (1.35)
+    enforces that deadline only while an attempt runs: when it passes during a retry's
+    backoff, the local activity is retried forever (tests/test_local_activity_deadline.py
+    shows it).
+    A retry that starts past the deadline fails here instead, non-retryable, so the
+    workflow sees the step's deadline as with an activity."""
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _LocalDeadline(next)
 
 
 class _Failpoint(ActivityInboundInterceptor):
@@ -391,7 +421,7 @@ def build_worker(
     Both workers register every activity (the guard's local activities run where it runs)."""
     objs = list(activities) if activities is not None else real_activities(client, settings)
     skip_idle_payload_passes()
-    interceptors: list[Interceptor] = [LogContextInterceptor()]
+    interceptors: list[Interceptor] = [LogContextInterceptor(), LocalActivityDeadline()]
     if settings.failpoints:
         interceptors.append(Failpoints(settings.failpoints, settings.failpoint_log))
     queue = task_queue or settings.task_queue

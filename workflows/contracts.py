@@ -232,6 +232,9 @@ ENDPOINT_NOT_VISIBLE_YET = "ENDPOINT_NOT_VISIBLE_YET"
 # Non-retryable: InvalidVpcEndpointId.NotFound for an endpoint id. Not a verdict by itself:
 # the workflow decides when NotFound is authoritative (seen over a grace period).
 ENDPOINT_NOT_FOUND = "ENDPOINT_NOT_FOUND"
+# A local activity attempt started after its schedule-to-close deadline (the worker's
+# LocalActivityDeadline interceptor: the SDK retries past it, see worker.py).
+LOCAL_ACTIVITY_DEADLINE = "LOCAL_ACTIVITY_DEADLINE"
 
 # Every non-retryable type activities may raise; workflows pass it to retry policies.
 NON_RETRYABLE_TYPES: list[str] = [r.value for r in Reason] + [ENDPOINT_NOT_FOUND]

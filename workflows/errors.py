@@ -19,7 +19,12 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.contracts import ENDPOINT_NOT_FOUND, NON_RETRYABLE_TYPES, Reason
+    from workflows.contracts import (
+        ENDPOINT_NOT_FOUND,
+        LOCAL_ACTIVITY_DEADLINE,
+        NON_RETRYABLE_TYPES,
+        Reason,
+    )
 
 # Endpoint states AWS reports that end a connection (compared lower-case). ``deleting`` is
 # not among them: it is followed by ``deleted`` or NotFound, which are.
@@ -101,7 +106,7 @@ def failure_of(err: BaseException, default_reason: str, step: str) -> Connection
     if isinstance(err, ConnectionFailed):
         return err
     cause: BaseException | None = err.cause if isinstance(err, ActivityError) else err
-    if isinstance(cause, ApplicationError):
+    if isinstance(cause, ApplicationError) and cause.type != LOCAL_ACTIVITY_DEADLINE:
         if cause.type == ENDPOINT_NOT_FOUND:
             return ConnectionFailed(
                 Reason.ENDPOINT_DELETED,
@@ -111,7 +116,9 @@ def failure_of(err: BaseException, default_reason: str, step: str) -> Connection
         if cause.type in NON_RETRYABLE_TYPES:
             return ConnectionFailed(cause.type or default_reason, cause.message)
         return ConnectionFailed(default_reason, f"{step} failed: {cause.message}")
-    if isinstance(cause, TimeoutError):
+    if isinstance(cause, TimeoutError) or (
+        isinstance(cause, ApplicationError) and cause.type == LOCAL_ACTIVITY_DEADLINE
+    ):
         return ConnectionFailed(
             default_reason,
             f"{step} did not succeed before its deadline (AWS or Kubernetes kept failing "

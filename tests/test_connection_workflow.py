@@ -18,6 +18,7 @@ from temporalio.exceptions import CancelledError
 from tests.fakes import FakeEnv, FakeWorld, fake_worker
 from tests.wfutil import make_input, query, save_history, start, uid, wait_status
 from workflows.contracts import (
+    ACT_ACQUIRE_SLOT,
     ACT_APPLY_POLICIES,
     ACT_CHECK_PRINCIPAL,
     ACT_CREATE_ENDPOINT,
@@ -104,11 +105,17 @@ async def test_happy_path_reaches_active_and_records_every_transition(env: Env) 
 
 
 def _history_marks(events: list[Any]) -> tuple[list[str], list[str]]:
-    """(marker names, status values each search-attribute upsert wrote) of a history."""
+    """(marker names, status values each search-attribute upsert wrote) of a history; a
+    local activity's marker is named ``local:<activity type>``."""
     markers, upserts = [], []
     for e in events:
         if e.HasField("marker_recorded_event_attributes"):
-            markers.append(e.marker_recorded_event_attributes.marker_name)
+            attrs = e.marker_recorded_event_attributes
+            name = attrs.marker_name
+            if name == "core_local_activity":
+                data = json.loads(attrs.details["data"].payloads[0].data)
+                name = f"local:{data['activity_type']}"
+            markers.append(name)
         if e.HasField("upsert_workflow_search_attributes_event_attributes"):
             fields = e.upsert_workflow_search_attributes_event_attributes.search_attributes
             payloads = dict(fields.indexed_fields)
@@ -119,7 +126,16 @@ def _history_marks(events: list[Any]) -> tuple[list[str], list[str]]:
     return markers, upserts
 
 
-@pytest.mark.parametrize("release", [0, 3, CURRENT_RELEASE])
+def _scheduled(events: list[Any]) -> list[str]:
+    """The activity types a history scheduled on the task queue, in order."""
+    return [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+
+
+@pytest.mark.parametrize("release", [0, 3, 4, CURRENT_RELEASE])
 async def test_each_release_records_its_command_sequence_and_every_status_in_the_store(
     env: Env, release: int
 ) -> None:
@@ -128,21 +144,44 @@ async def test_each_release_records_its_command_sequence_and_every_status_in_the
     statuses a connection only passes through. Release 4 also writes those statuses from the
     step's own activity, not with a local activity (a marker) each. An input from before
     (release 0, e.g. an older starter) still decides by markers and still records every
-    status there. The store's timeline is complete in every release."""
+    status there. Release 5 asks the org guard, checks the principal and takes the look
+    after the create in local activities: no task queue round trip for any. The store's timeline is complete in every
+    release."""
     org, conn = uid("org"), uid("c")
+    env.world.set(f"initial_state:{conn}", "pending")  # the look after the create, then a poll
     inp = make_input(org, conn).model_copy(update={"release": release})
     handle = await start(env.client, inp, env.task_queue)
+    await wait_status(handle, "WaitingForIp")
+    async with asyncio.timeout(30):
+        while ACT_WAIT_FOR_STATE_CHANGE not in env.world.calls(conn):
+            await asyncio.sleep(0.05)
+    env.world.set_endpoint_state(conn, "available")
+    await handle.signal(SIGNAL_RETRY_NOW)  # skip the first poll's wait
     await wait_status(handle, "Active")
     await handle.signal(SIGNAL_DELETE)
     await handle.result()
     # The store's timeline has every status either way.
     assert [r.status.value for r in env.world.statuses(conn)] == [*HAPPY, "Deleting", "Deleted"]
-    markers, upserts = _history_marks((await handle.fetch_history()).events)
+    events = (await handle.fetch_history()).events
+    markers, upserts = _history_marks(events)
     patches = [m for m in markers if m == "core_patch"]
-    status_writes = [m for m in markers if m == "core_local_activity"]
+    status_writes = [m for m in markers if m == f"local:{ACT_RECORD_STATUS}"]
     # Pending, WaitingForIp, Active, Deleting, Deleted; before release 4 also the three
-    # passing statuses (the guard's slot is asked and released by activities).
+    # passing statuses.
     assert len(status_writes) == (5 if release >= 4 else 8)
+    locally = [m for m in markers if m.startswith("local:") and m not in status_writes]
+    scheduled = _scheduled(events)
+    asked_locally = [ACT_ACQUIRE_SLOT, ACT_CHECK_PRINCIPAL, ACT_WAIT_FOR_STATE_CHANGE]
+    polls = scheduled.count(ACT_WAIT_FOR_STATE_CHANGE)
+    if release >= 5:  # the look right after the create is local, the poll loop is not
+        assert locally == [f"local:{a}" for a in asked_locally]
+        assert ACT_ACQUIRE_SLOT not in scheduled and ACT_CHECK_PRINCIPAL not in scheduled
+        assert polls == 1
+    else:
+        assert locally == []
+        assert scheduled[:2] == [ACT_ACQUIRE_SLOT, ACT_CHECK_PRINCIPAL]
+        assert polls == 2  # the look after the create, then the poll loop
+    assert ACT_CREATE_ENDPOINT in scheduled and ACT_RELEASE_SLOT in scheduled
     if release >= 3:
         assert patches == []
         assert upserts == ["WaitingForIp", "Active", "Deleting", "Deleted"]

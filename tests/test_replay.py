@@ -67,6 +67,14 @@ EXPECTED = {
         "cancel_during_create_endpoint", "cancel_during_apply_policies",
         *(f"fail_step{i}" for i in range(1, 6)),
     )),
+    # Release 5: the guard's answer, the principal check and the look after the create are
+    # local activities.
+    *(f"connection_{p}_v5" for p in (
+        "happy_then_delete", "acceptance", "rejected", "admitted_then_deleted",
+        "resumed_after_can", "drift_repair", "cancel_signal", "temporal_cancel",
+        "cancel_during_create_endpoint", "cancel_during_apply_policies",
+        *(f"fail_step{i}" for i in range(1, 6)),
+    )),
     "guard_first_run",
     "guard_leak_repair",
 }

@@ -270,7 +270,9 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
         return False
 
     async def _ask_guard(self, request: SlotRequest) -> SlotDecision:
-        """One activity whose result is the decision (the guard's acquire update)."""
+        """One activity whose result is the decision (the guard's acquire update); a local
+        activity from release 5 (its update id makes a rerun after a lost workflow task
+        return the first answer)."""
         timeout = self._inp.options.slot_decision_timeout
         try:
             decision: SlotDecision = await self._interruptible(
@@ -282,9 +284,10 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
                     retry=RetryPolicy(maximum_interval=timedelta(seconds=10)),
                     start_to_close=min(timeout, timedelta(seconds=30)),
                     schedule_to_close=timeout,
+                    local=self._inp.release >= 5,
                 )
             )
-        except ActivityError as err:
+        except (ActivityError, ApplicationError) as err:  # a local activity's error is bare
             if is_cancellation(err):
                 raise
             raise self._slot_timeout(timeout) from None
@@ -343,6 +346,7 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
             ServiceInfo,
             reason=Reason.PRINCIPAL_CHECK_FAILED,
             what="check the principal can see the endpoint service",
+            local=self._inp.release >= 5,
         )
         self._acceptance_required = service.acceptance_required
         return service

@@ -163,7 +163,7 @@ class EndpointPoller(ConnectionCore):
         """One DescribeVpcEndpoints: the new state, or None while it is still ``last``."""
         try:
             return await self._poll(endpoint_id, last, None, self._schedule(last))
-        except ActivityError as err:
+        except (ActivityError, ApplicationError) as err:  # a local activity's error is bare
             if is_cancellation(err):
                 raise
             if error_type(err) in (STATE_UNCHANGED, ENDPOINT_NOT_VISIBLE_YET):
@@ -210,7 +210,9 @@ class EndpointPoller(ConnectionCore):
         self, endpoint_id: str, last: str, budget: timedelta | None, schedule: RetryPolicy
     ) -> EndpointState:
         """One poll loop: retries on ``schedule`` until the state differs from ``last``;
-        ``budget`` None means a single look."""
+        ``budget`` None means a single look (a local activity from release 5: the look right
+        after the create, which finds an endpoint already available, needs no task queue
+        round trip)."""
         state: EndpointState = await self._activity(
             ACT_WAIT_FOR_STATE_CHANGE,
             self._endpoint_input(
@@ -226,6 +228,7 @@ class EndpointPoller(ConnectionCore):
                 maximum_attempts=0 if budget is not None else 1,
             ),
             schedule_to_close=budget,
+            local=budget is None and self._inp.release >= 5,
         )
         return state
 
@@ -244,10 +247,10 @@ class EndpointPoller(ConnectionCore):
         )
 
 
-def _definite(err: ActivityError) -> bool:
+def _definite(err: BaseException) -> bool:
     """A failure that is an answer (non-retryable: bad input, a terminal AWS state), not a
     transient error or a timeout."""
-    cause = err.cause
+    cause = err.cause if isinstance(err, ActivityError) else err
     return isinstance(cause, ApplicationError) and (
         cause.non_retryable or (cause.type or "") in NON_RETRYABLE_TYPES
     )

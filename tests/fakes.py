@@ -145,6 +145,7 @@ class FakeActivities:
     """AWS, Kubernetes and store fakes. Options per connection id through ``world``:
     ``initial_state:{conn}`` (endpoint state after create, default available),
     ``fail:{conn}:{activity}`` (non-retryable ApplicationError of that type),
+    ``throttle:{conn}:{activity}`` (that many attempts fail retryably, as AWS throttling),
     ``pause:{conn}:{activity}`` (block after the side effect until unpaused or killed)."""
 
     def __init__(self, world: FakeWorld, namespaces: tuple[str, ...] = ("tasks",)) -> None:
@@ -156,6 +157,10 @@ class FakeActivities:
         err = self.world.get(f"fail:{conn}:{name}")
         if err:
             raise ApplicationError(f"injected {err} in {name}", type=err, non_retryable=True)
+        throttled = self.world.get(f"throttle:{conn}:{name}", 0)
+        if throttled:  # the next N attempts are throttled (retryable)
+            self.world.set(f"throttle:{conn}:{name}", throttled - 1)
+            raise ApplicationError(f"injected throttling in {name}", type="AWS_THROTTLED")
         if self.world.get(f"pause_before:{conn}:{name}"):  # before the side effect
             self.world.set(f"reached_before:{conn}:{name}", True)
             while self.world.get(f"pause_before:{conn}:{name}"):

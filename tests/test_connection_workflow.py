@@ -144,17 +144,19 @@ async def test_each_release_records_its_command_sequence_and_every_status_in_the
     statuses a connection only passes through. Release 4 also writes those statuses from the
     step's own activity, not with a local activity (a marker) each. An input from before
     (release 0, e.g. an older starter) still decides by markers and still records every
-    status there. Release 5 asks the org guard, checks the principal and takes the look
-    after the create in local activities: no task queue round trip for any. The store's timeline is complete in every
+    status there. Release 5 checks the principal and takes the look after the create in
+    local activities: no task queue round trip for either. The store's timeline is complete in every
     release."""
     org, conn = uid("org"), uid("c")
     env.world.set(f"initial_state:{conn}", "pending")  # the look after the create, then a poll
     inp = make_input(org, conn).model_copy(update={"release": release})
     handle = await start(env.client, inp, env.task_queue)
     await wait_status(handle, "WaitingForIp")
-    async with asyncio.timeout(30):
-        while ACT_WAIT_FOR_STATE_CHANGE not in env.world.calls(conn):
-            await asyncio.sleep(0.05)
+    for _ in range(600):  # 30 s
+        if ACT_WAIT_FOR_STATE_CHANGE in env.world.calls(conn):
+            break
+        await asyncio.sleep(0.05)
+    assert ACT_WAIT_FOR_STATE_CHANGE in env.world.calls(conn)
     env.world.set_endpoint_state(conn, "available")
     await handle.signal(SIGNAL_RETRY_NOW)  # skip the first poll's wait
     await wait_status(handle, "Active")
@@ -171,11 +173,10 @@ async def test_each_release_records_its_command_sequence_and_every_status_in_the
     assert len(status_writes) == (5 if release >= 4 else 8)
     locally = [m for m in markers if m.startswith("local:") and m not in status_writes]
     scheduled = _scheduled(events)
-    asked_locally = [ACT_ACQUIRE_SLOT, ACT_CHECK_PRINCIPAL, ACT_WAIT_FOR_STATE_CHANGE]
     polls = scheduled.count(ACT_WAIT_FOR_STATE_CHANGE)
     if release >= 5:  # the look right after the create is local, the poll loop is not
-        assert locally == [f"local:{a}" for a in asked_locally]
-        assert ACT_ACQUIRE_SLOT not in scheduled and ACT_CHECK_PRINCIPAL not in scheduled
+        assert locally == [f"local:{ACT_CHECK_PRINCIPAL}", f"local:{ACT_WAIT_FOR_STATE_CHANGE}"]
+        assert scheduled[:2] == [ACT_ACQUIRE_SLOT, ACT_CREATE_ENDPOINT]
         assert polls == 1
     else:
         assert locally == []
@@ -192,6 +193,34 @@ async def test_each_release_records_its_command_sequence_and_every_status_in_the
             "CreatingEndpoint", "WaitingForIp", "ApplyingPolicy", "Active", "Deleting", "Deleted",
         ]
     assert (await handle.describe()).typed_search_attributes.get(SA_STATUS) == "Deleted"
+
+
+async def test_a_throttled_local_step_keeps_answering_queries_between_its_retries(
+    env: Env,
+) -> None:
+    """Release 5 checks the principal in a local activity, whose retries wait inside the
+    workflow task, where a query waits too (until the task's heartbeat, 8 s). Backoffs past
+    2 s wait on a timer instead: with the check throttled four times (backoffs 1, 2, 4 and
+    8 s), every status query from the third attempt on is answered within a few seconds."""
+    org, conn = uid("org"), uid("c")
+    env.world.set(f"throttle:{conn}:{ACT_CHECK_PRINCIPAL}", 4)
+    handle = await start(env.client, make_input(org, conn), env.task_queue)
+    slowest = 0.0
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(60):
+        while True:
+            attempts = env.world.calls(conn).count(ACT_CHECK_PRINCIPAL)
+            asked = loop.time()
+            state = await query(handle)
+            if attempts >= 3:
+                slowest = max(slowest, loop.time() - asked)
+            if state.status.value == "Active":
+                break
+            await asyncio.sleep(0.3)
+    assert env.world.calls(conn).count(ACT_CHECK_PRINCIPAL) == 5
+    assert slowest < 4, slowest
+    await handle.signal(SIGNAL_DELETE)
+    await handle.result()
 
 
 async def test_delete_while_active_compensates_in_reverse_order(env: Env) -> None:

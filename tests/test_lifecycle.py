@@ -323,7 +323,9 @@ async def test_a_throttled_look_at_a_new_endpoint_is_no_answer_and_the_poll_goes
         failed_look = False
         for _ in range(600):  # until the look's single attempt has failed
             async for ev in handle.fetch_history_events():
-                if ev.HasField("activity_task_failed_event_attributes"):
+                # A local activity from release 5: its marker records the failure.
+                marker = ev.marker_recorded_event_attributes
+                if ev.HasField("marker_recorded_event_attributes") and marker.HasField("failure"):
                     failed_look = True
             if failed_look:
                 break

@@ -292,10 +292,9 @@ async def test_no_slot_decision_fails_clearly_instead_of_hanging(
 async def test_a_delete_while_the_guard_has_not_answered_ends_the_connection_at_once(
     temporal_client: Client, tmp_path: Path
 ) -> None:
-    """The slot is asked in a local activity (release 5), inside the connection's workflow
-    task: a delete arriving while it waits is taken at the task's next heartbeat (the SDK
-    renews the task every 8 s of a 10 s timeout and delivers the signal; 7 s here), not after
-    the ten-minute decision timeout."""
+    """A delete arriving while the guard has not answered ends the wait for the slot at
+    once: the connection ends Deleted with nothing provisioned, not after the ten-minute
+    decision timeout."""
     world = FakeWorld(tmp_path / "world.db")
     tq = uid("tq")
     worker = build_worker(
@@ -308,12 +307,14 @@ async def test_a_delete_while_the_guard_has_not_answered_ends_the_connection_at_
     async with worker:
         inp = make_input(org, conn, slot_decision_timeout=timedelta(minutes=10))
         handle = await start(temporal_client, inp, tq)
-        async with asyncio.timeout(30):
-            while ACT_ACQUIRE_SLOT not in world.calls(conn):
-                await asyncio.sleep(0.05)
-        await asyncio.sleep(1)  # the local activity is under way in its workflow task
+        for _ in range(600):  # 30 s
+            if ACT_ACQUIRE_SLOT in world.calls(conn):
+                break
+            await asyncio.sleep(0.05)
+        assert ACT_ACQUIRE_SLOT in world.calls(conn)
+        await asyncio.sleep(1)  # the acquire is under way
         await handle.signal(SIGNAL_DELETE)
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(10):
             result = await handle.result()
     assert result.status.value == "Deleted"
     assert world.effects(conn) == ["slot.release"]  # nothing provisioned; slot released

@@ -270,9 +270,10 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
         return False
 
     async def _ask_guard(self, request: SlotRequest) -> SlotDecision:
-        """One activity whose result is the decision (the guard's acquire update); a local
-        activity from release 5 (its update id makes a rerun after a lost workflow task
-        return the first answer)."""
+        """One activity whose result is the decision (the guard's acquire update). Not a
+        local activity: it waits on another workflow, and while a local activity runs the
+        connection answers no query (``privnet status``, the API's admission wait) until
+        its workflow task's next heartbeat, up to 8 s."""
         timeout = self._inp.options.slot_decision_timeout
         try:
             decision: SlotDecision = await self._interruptible(
@@ -284,10 +285,9 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
                     retry=RetryPolicy(maximum_interval=timedelta(seconds=10)),
                     start_to_close=min(timeout, timedelta(seconds=30)),
                     schedule_to_close=timeout,
-                    local=self._inp.release >= 5,
                 )
             )
-        except (ActivityError, ApplicationError) as err:  # a local activity's error is bare
+        except ActivityError as err:
             if is_cancellation(err):
                 raise
             raise self._slot_timeout(timeout) from None

@@ -309,11 +309,12 @@ class ResumeState(BaseModel):
 # 4: a status a connection only passes through (PASSING_STATUSES) is written by the step's
 # own activity before it acts (``status`` in its input), not by a local activity of its own:
 # three fewer local activities, markers and activations per connection.
-# 5: the org guard's answer, the principal check and the look right after the create are
-# local activities: short steps whose result the next command needs, run inside the workflow
-# task (no task queue round trip, no workflow task of their own; one marker event each
-# instead of three). The create, the poll loop, the policy apply and compensation stay
-# activities: they may wait long, and the UI shows them pending.
+# 5: the principal check and the look right after the create are local activities: one
+# AWS call each whose result the next command needs, run inside the workflow task (no task
+# queue round trip, no workflow task of their own; one marker event each instead of three).
+# The guard's answer, the create, the poll loop, the policy apply and compensation stay
+# activities: they may wait long (a local activity holds the workflow task, and queries wait
+# for it), and the UI shows them pending.
 CURRENT_RELEASE = 5
 
 

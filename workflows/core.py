@@ -61,6 +61,9 @@ UNDO_RETRY = RetryPolicy(
     non_retryable_error_types=NON_RETRYABLE_TYPES,
 )
 STEP_DEADLINE = timedelta(minutes=15)  # all attempts of a forward step
+# A local activity's retry backoff longer than this waits on a workflow timer, not inside
+# the workflow task (where queries and signals wait for it).
+LOCAL_RETRY_IN_TASK = timedelta(seconds=2)
 
 # One workflow.patched marker for this release's changes of the command sequence (each
 # marker is a history event of its own): status writes as local activities, the poll
@@ -122,9 +125,11 @@ class ConnectionCore:
         schedule_to_close: timedelta | None = None,
         local: bool = False,
     ) -> Any:
-        """An activity; ``local`` runs it as a local activity (release 5: a short step whose
+        """An activity; ``local`` runs it as a local activity (release 5: one AWS call whose
         result the next command needs, run inside the workflow task: no task queue round
-        trip, no workflow task of its own, one marker event instead of three)."""
+        trip, no workflow task of its own, one marker event instead of three). Its retries
+        wait in the workflow task only up to ``LOCAL_RETRY_IN_TASK``, then on a timer, so a
+        throttled call does not keep queries waiting through every backoff."""
         if start_to_close is None:
             start_to_close = self._inp.options.step_timeout
         if schedule_to_close is None and retry is STEP_RETRY:
@@ -137,6 +142,7 @@ class ConnectionCore:
                 start_to_close_timeout=start_to_close,
                 schedule_to_close_timeout=schedule_to_close,
                 retry_policy=retry,
+                local_retry_threshold=LOCAL_RETRY_IN_TASK,
                 summary=summary,
             )
         return await workflow.execute_activity(

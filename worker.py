@@ -133,11 +133,13 @@ class _LocalDeadline(ActivityInboundInterceptor):
 
 class LocalActivityDeadline(Interceptor):
     """Ends a local activity's retries at its schedule-to-close deadline. The SDK (1.35)
-    enforces that deadline only while an attempt runs: when it passes during a retry's
-    backoff, the local activity is retried forever (tests/test_local_activity_deadline.py
-    shows it).
-    A retry that starts past the deadline fails here instead, non-retryable, so the
-    workflow sees the step's deadline as with an activity."""
+    enforces that deadline while an attempt runs and across retries that wait on a workflow
+    timer, but not across the retries that wait inside the workflow task (backoffs up to the
+    local retry threshold, 1 min by default): when it passes during one of those backoffs,
+    the local activity is retried forever (tests/test_local_activity_deadline.py shows it).
+    Those retries keep the original schedule time, so one that starts past the deadline
+    fails here instead, non-retryable, and the workflow sees the step's deadline as with an
+    activity."""
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
         return _LocalDeadline(next)

@@ -1,9 +1,11 @@
 """A local activity's schedule-to-close deadline, on the real dev server.
 
-The SDK (1.35) enforces it only while an attempt runs: when it passes during a retry's
-backoff, the local activity is retried forever. The worker's ``LocalActivityDeadline``
-interceptor fails the first retry that starts past it, so a step run as a local activity
-(release 5: the org guard's answer, the principal check) keeps its deadline."""
+The SDK (1.35) enforces it while an attempt runs and across retries on a workflow timer,
+not across the retries that wait inside the workflow task (backoffs up to the local retry
+threshold, 1 min by default): when it passes during one of those, the local activity is
+retried forever. The worker's ``LocalActivityDeadline`` interceptor fails the first such
+retry that starts past it, so a local activity keeps its deadline (the "marking Active"
+write: 15 minutes; release 5's principal check)."""
 
 from __future__ import annotations
 

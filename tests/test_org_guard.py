@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -268,9 +269,16 @@ class SilentGuard(CountingGuardActivities):
         raise AssertionError("unreachable")
 
 
-async def test_no_slot_decision_fails_clearly_instead_of_hanging(
-    temporal_client: Client, tmp_path: Path
-) -> None:
+@dataclass
+class Silent:
+    client: Client
+    world: FakeWorld
+    task_queue: str
+
+
+@pytest.fixture
+async def silent(temporal_client: Client, tmp_path: Path) -> AsyncIterator[Silent]:
+    """A worker with the fake AWS/Kubernetes activities and a guard that never answers."""
     world = FakeWorld(tmp_path / "world.db")
     tq = uid("tq")
     worker = build_worker(
@@ -279,10 +287,15 @@ async def test_no_slot_decision_fails_clearly_instead_of_hanging(
         task_queue=tq,
         activities=[FakeActivities(world), SilentGuard(world, temporal_client, tq, 300)],
     )
-    org, conn = uid("org"), uid("c")
     async with worker:
-        inp = make_input(org, conn, slot_decision_timeout=timedelta(seconds=2))
-        result = await (await start(temporal_client, inp, tq)).result()
+        yield Silent(temporal_client, world, tq)
+
+
+async def test_no_slot_decision_fails_clearly_instead_of_hanging(silent: Silent) -> None:
+    world = silent.world
+    org, conn = uid("org"), uid("c")
+    inp = make_input(org, conn, slot_decision_timeout=timedelta(seconds=2))
+    result = await (await start(silent.client, inp, silent.task_queue)).result()
     assert result.status.value == "Failed"
     assert result.reason == "SLOT_TIMEOUT"
     assert "worker" in result.message
@@ -290,32 +303,24 @@ async def test_no_slot_decision_fails_clearly_instead_of_hanging(
 
 
 async def test_a_delete_while_the_guard_has_not_answered_ends_the_connection_at_once(
-    temporal_client: Client, tmp_path: Path
+    silent: Silent,
 ) -> None:
     """A delete arriving while the guard has not answered ends the wait for the slot at
     once: the connection ends Deleted with nothing provisioned, not after the ten-minute
     decision timeout."""
-    world = FakeWorld(tmp_path / "world.db")
-    tq = uid("tq")
-    worker = build_worker(
-        temporal_client,
-        Settings(),
-        task_queue=tq,
-        activities=[FakeActivities(world), SilentGuard(world, temporal_client, tq, 300)],
-    )
+    world = silent.world
     org, conn = uid("org"), uid("c")
-    async with worker:
-        inp = make_input(org, conn, slot_decision_timeout=timedelta(minutes=10))
-        handle = await start(temporal_client, inp, tq)
-        for _ in range(600):  # 30 s
-            if ACT_ACQUIRE_SLOT in world.calls(conn):
-                break
-            await asyncio.sleep(0.05)
-        assert ACT_ACQUIRE_SLOT in world.calls(conn)
-        await asyncio.sleep(1)  # the acquire is under way
-        await handle.signal(SIGNAL_DELETE)
-        async with asyncio.timeout(10):
-            result = await handle.result()
+    inp = make_input(org, conn, slot_decision_timeout=timedelta(minutes=10))
+    handle = await start(silent.client, inp, silent.task_queue)
+    for _ in range(600):  # 30 s
+        if ACT_ACQUIRE_SLOT in world.calls(conn):
+            break
+        await asyncio.sleep(0.05)
+    assert ACT_ACQUIRE_SLOT in world.calls(conn)
+    await asyncio.sleep(1)  # the acquire is under way
+    await handle.signal(SIGNAL_DELETE)
+    async with asyncio.timeout(10):
+        result = await handle.result()
     assert result.status.value == "Deleted"
     assert world.effects(conn) == ["slot.release"]  # nothing provisioned; slot released
 

@@ -134,26 +134,18 @@ class ConnectionCore:
             start_to_close = self._inp.options.step_timeout
         if schedule_to_close is None and retry is STEP_RETRY:
             schedule_to_close = STEP_DEADLINE
+        options: dict[str, Any] = {
+            "result_type": result_type,
+            "start_to_close_timeout": start_to_close,
+            "schedule_to_close_timeout": schedule_to_close,
+            "retry_policy": retry,
+            "summary": summary,
+        }
         if local:
             return await workflow.execute_local_activity(
-                name,
-                arg,
-                result_type=result_type,
-                start_to_close_timeout=start_to_close,
-                schedule_to_close_timeout=schedule_to_close,
-                retry_policy=retry,
-                local_retry_threshold=LOCAL_RETRY_IN_TASK,
-                summary=summary,
+                name, arg, local_retry_threshold=LOCAL_RETRY_IN_TASK, **options
             )
-        return await workflow.execute_activity(
-            name,
-            arg,
-            result_type=result_type,
-            start_to_close_timeout=start_to_close,
-            schedule_to_close_timeout=schedule_to_close,
-            retry_policy=retry,
-            summary=summary,
-        )
+        return await workflow.execute_activity(name, arg, **options)
 
     async def _step(
         self, name: str, arg: Any, result_type: type | None, *, reason: str, what: str,

@@ -34,10 +34,13 @@ from temporalio.client import (
     ScheduleState,
     ScheduleUpdate,
     ScheduleUpdateInput,
+    WithStartWorkflowOperation,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import (
     SearchAttributePair,
@@ -51,6 +54,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from settings import Settings
 from starter import validation
 from workflows.contracts import (
+    ADMISSION_STATUSES,
     CURRENT_RELEASE,
     PREFLIGHT_WORKFLOW,
     PROVISIONING_STATUSES,
@@ -66,6 +70,7 @@ from workflows.contracts import (
     SIGNAL_SET_LIMIT,
     SWEEP_SCHEDULE_ID,
     SWEEP_WORKFLOW,
+    UPDATE_ADMITTED,
     ConnectionInput,
     ConnectionOptions,
     ConnectionState,
@@ -88,8 +93,6 @@ from workflows.contracts import (
 CONNECTION_WORKFLOW = "PrivateConnectionWorkflow"
 ORG_GUARD_WORKFLOW = "OrgGuardWorkflow"
 
-# Statuses before (or at) the admission decision: create waits until past them.
-_ADMISSION_STATUSES = frozenset({ConnectionStatus.PENDING})
 # How often ``create`` asks a new connection whether it left admission. Each look is a status
 # query: a round trip through the Temporal server to a worker, which runs it in the workflow's
 # sandbox. With looks every 0.1 s, 200 creates at once cost the bench's worker 113 and its
@@ -346,40 +349,27 @@ class ConnectionsClient:
         )
         wid = inp.workflow_id
         summary = f"{org_id}: {display_name or cid} → {service_name} ({region})"
+        start_args: dict[str, Any] = {
+            "id": wid,
+            "task_queue": self.settings.task_queue,
+            "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+            "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            "search_attributes": TypedSearchAttributes(
+                [
+                    SearchAttributePair(SA_ORG_ID, org_id),
+                    SearchAttributePair(SA_STATUS, ConnectionStatus.PENDING.value),
+                    SearchAttributePair(SA_REGION, region),
+                ]
+            ),
+            "static_summary": summary[:200],
+        }
         try:
-            handle = await self.temporal.start_workflow(
-                CONNECTION_WORKFLOW,
-                inp,
-                id=wid,
-                task_queue=self.settings.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(SA_ORG_ID, org_id),
-                        SearchAttributePair(SA_STATUS, ConnectionStatus.PENDING.value),
-                        SearchAttributePair(SA_REGION, region),
-                    ]
-                ),
-                static_summary=summary[:200],
-            )
+            handle, state = await self._start_admitted(inp, start_args, wait_admission)
         except WorkflowAlreadyStartedError:
             # Closed workflow with this id: the create already happened.
             existing = await self.get(org_id, cid)
             self._check_same(existing, service_name)
             return existing
-
-        deadline = asyncio.get_running_loop().time() + wait_admission.total_seconds()
-        state: ConnectionState | None = None
-        pauses = paced(ADMISSION_FIRST_PAUSE, ADMISSION_MAX_PAUSE)
-        while True:
-            state = await self._query_state(handle)
-            if state is not None and state.status not in _ADMISSION_STATUSES:
-                break
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                break
-            await asyncio.sleep(min(next(pauses), left))
         if state is not None:
             self._check_same(state, service_name)
         view = await self._store_get(org_id, cid, with_timeline=False)
@@ -415,6 +405,78 @@ class ConnectionsClient:
             created_at=datetime.now(UTC),
             updated_at=datetime.now(UTC),
         )
+
+    async def _start_admitted(
+        self, inp: ConnectionInput, start_args: dict[str, Any], wait: timedelta
+    ) -> tuple[WorkflowHandle[Any, Any], ConnectionState | None]:
+        """Start the connection's workflow (or find it running) and wait up to ``wait`` for
+        it to leave admission; its state then, or None if it has not yet.
+
+        The wait is one ``admitted`` update sent with the start: a status query every half
+        second cost the Temporal server and the worker a share of every connection, more the
+        busier they were (issue 12). The start is durable before this returns: a wait cut
+        short before the server answered starts the workflow again (``USE_EXISTING`` makes
+        that a no-op if the first start went through). A refused update (the workflow is
+        already past admission, or a worker from before the update runs it) or one the
+        server would not take falls back to status queries for the time left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait.total_seconds()
+        start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
+            CONNECTION_WORKFLOW, inp, **start_args
+        )
+        try:
+            async with asyncio.timeout(wait.total_seconds()):
+                state: ConnectionState = await self.temporal.execute_update_with_start_workflow(
+                    UPDATE_ADMITTED,
+                    start_workflow_operation=start,
+                    id=f"admitted-{secrets.token_hex(8)}",
+                    result_type=ConnectionState,
+                )
+            return await start.workflow_handle(), state
+        except WorkflowUpdateFailedError:
+            handle = await start.workflow_handle()
+        except RPCError:
+            # E.g. more than the server's 10 updates in flight (one create sent many times
+            # at once): the start alone is idempotent, and status queries still answer.
+            handle = await self._started(inp, start, start_args)
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from None  # the caller's cancel, not the wait's end
+            return await self._started(inp, start, start_args), None
+        finally:
+            fut = start._workflow_handle
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # retrieved: asyncio would log an unread start error
+        return handle, await self._query_until_admitted(handle, deadline)
+
+    async def _started(
+        self,
+        inp: ConnectionInput,
+        start: WithStartWorkflowOperation[Any, Any],
+        start_args: dict[str, Any],
+    ) -> WorkflowHandle[Any, Any]:
+        """The workflow's handle after a wait cut short: the start's if the server answered
+        it, else from a plain start (idempotent: ``USE_EXISTING``)."""
+        fut = start._workflow_handle
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            handle: WorkflowHandle[Any, Any] = fut.result()
+            return handle
+        return await self.temporal.start_workflow(CONNECTION_WORKFLOW, inp, **start_args)
+
+    async def _query_until_admitted(
+        self, handle: WorkflowHandle[Any, Any], deadline: float
+    ) -> ConnectionState | None:
+        loop = asyncio.get_running_loop()
+        pauses = paced(ADMISSION_FIRST_PAUSE, ADMISSION_MAX_PAUSE)
+        while True:
+            state = await self._query_state(handle)
+            if state is not None and state.status not in ADMISSION_STATUSES:
+                return state
+            left = deadline - loop.time()
+            if left <= 0:
+                return state
+            await asyncio.sleep(min(next(pauses), left))
 
     async def _started_input(self, handle: WorkflowHandle[Any, Any]) -> ConnectionInput | None:
         """The input the workflow was started with (its first history event)."""

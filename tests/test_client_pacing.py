@@ -1,9 +1,9 @@
 """How hard ``ConnectionsClient.create`` leans on Temporal while it waits for admission.
 
-Each look is a status query: a round trip through the Temporal server to a worker that runs
-it in the workflow's sandbox. With 200 creates at once, looks every 0.1 s were a measured
-share of the bench's CPU (issue 12), so the looks are paced. Counted here by a client
-interceptor on the real dev server, not by the code under test.
+A status query every 0.1 s, then paced ones, were a measured share of the bench's CPU with
+200 creates at once (issue 12); create now sends one ``admitted`` update with the start and
+queries only when the workflow refuses it (already past admission). Counted here by a
+client interceptor on the real dev server, not by the code under test.
 """
 
 from __future__ import annotations
@@ -22,15 +22,23 @@ from temporalio import client as tc
 from settings import Settings
 from starter.client import ConnectionsClient
 from tests.fakes import FakeActivities, FakeEnv, FakeWorld, fake_worker
-from tests.wfutil import uid
+from tests.wfutil import save_history, uid
 from workflows.contracts import org_guard_workflow_id
 
 SERVICE = "com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0"
 
 
 class CountQueries(tc.Interceptor):
+    """Counts the client's calls to the server that a create makes while it waits."""
+
     def __init__(self) -> None:
         self.queries = 0
+        self.updates_with_start = 0
+        self.starts = 0
+
+    @property
+    def calls(self) -> int:
+        return self.queries + self.updates_with_start + self.starts
 
     def intercept_client(self, next: tc.OutboundInterceptor) -> tc.OutboundInterceptor:
         counter = self
@@ -39,6 +47,18 @@ class CountQueries(tc.Interceptor):
             async def query_workflow(self, input: tc.QueryWorkflowInput) -> Any:
                 counter.queries += 1
                 return await super().query_workflow(input)
+
+            async def start_update_with_start_workflow(
+                self, input: tc.StartWorkflowUpdateWithStartInput
+            ) -> tc.WorkflowUpdateHandle[Any]:
+                counter.updates_with_start += 1
+                return await super().start_update_with_start_workflow(input)
+
+            async def start_workflow(
+                self, input: tc.StartWorkflowInput
+            ) -> tc.WorkflowHandle[Any, Any]:
+                counter.starts += 1
+                return await super().start_workflow(input)
 
         return Counting(next)
 
@@ -78,7 +98,7 @@ async def unanswered_guard(temporal_client: tc.Client, tmp_path: Path) -> AsyncI
         yield counted(temporal_client, tq)
 
 
-async def test_create_paces_its_admission_looks(unanswered_guard: Counted) -> None:
+async def test_create_waits_for_admission_without_polling(unanswered_guard: Counted) -> None:
     cc, counter = unanswered_guard.client, unanswered_guard.counter
     org = uid("pace")
     began = time.monotonic()
@@ -87,8 +107,13 @@ async def test_create_paces_its_admission_looks(unanswered_guard: Counted) -> No
     try:
         assert view.status == "Pending"
         assert 4.9 <= took < 8, took  # it waited the whole admission time, and no longer
-        # Looks every 0.1 s made about 50 queries here; paced ones 0.1 s growing to 0.5 s.
-        assert 5 <= counter.queries <= 15, counter.queries
+        # Looks every 0.1 s made about 50 queries here, paced ones 10; now the one update
+        # sent with the start waits, and a plain start confirms the workflow exists.
+        assert counter.queries == 0, counter.queries
+        assert counter.updates_with_start == 1, counter.updates_with_start
+        assert counter.calls <= 2, vars(counter)
+        desc = await unanswered_guard.temporal.get_workflow_handle(view.workflow_id).describe()
+        assert desc.status == tc.WorkflowExecutionStatus.RUNNING
     finally:
         for wid in (view.workflow_id, org_guard_workflow_id(org)):
             try:
@@ -110,7 +135,71 @@ async def test_create_returns_soon_after_admission(
         took = time.monotonic() - began
         assert view.status != "Pending"
         assert took < 4.5, took  # admitted within a second or so: not the full 5 s wait
+        assert (c.counter.queries, c.counter.updates_with_start, c.counter.starts) == (0, 1, 0)
+
+        # The same create again, past admission: the workflow refuses the update (nothing
+        # in its history) and one status query answers.
+        again = await c.client.create(
+            org, SERVICE, connection_id="db", wait_admission=timedelta(seconds=5)
+        )
+        assert again.status != "Pending"
+        assert again.workflow_id == view.workflow_id
+        assert (c.counter.queries, c.counter.updates_with_start, c.counter.starts) == (1, 2, 0)
+        history = await temporal_client.get_workflow_handle(view.workflow_id).fetch_history()
+        accepted = [
+            e for e in history.events if e.HasField("workflow_execution_update_accepted_event_attributes")
+        ]
+        assert len(accepted) == 1, len(accepted)
         await c.client.delete(org, "db")
         handle = temporal_client.get_workflow_handle(view.workflow_id)
         await asyncio.wait_for(handle.result(), 30)
+        await save_history(handle, "connection_admitted_by_update")
 
+
+
+async def test_create_without_any_worker_returns_a_started_workflow(
+    temporal_client: tc.Client,
+) -> None:
+    """No worker polls the queue: the update sent with the start never gets an answer. The
+    create returns Pending at the end of its wait, and the workflow exists (a wait cut
+    short before the server answered is followed by a plain, idempotent start)."""
+    c = counted(temporal_client, uid("nobody-home"))
+    org = uid("pace")
+    began = time.monotonic()
+    view = await c.client.create(
+        org, SERVICE, connection_id="db", wait_admission=timedelta(seconds=2)
+    )
+    took = time.monotonic() - began
+    handle = temporal_client.get_workflow_handle(view.workflow_id)
+    try:
+        assert view.status == "Pending"
+        assert 1.9 <= took < 5, took
+        assert c.counter.queries == 0, vars(c.counter)
+        desc = await handle.describe()
+        assert desc.status == tc.WorkflowExecutionStatus.RUNNING
+        assert desc.workflow_type == "PrivateConnectionWorkflow"
+    finally:
+        await handle.terminate("test over")
+
+
+async def test_one_create_sent_many_times_at_once(unanswered_guard: Counted) -> None:
+    """More creates of one connection at once than the server keeps updates in flight for
+    one workflow (10): those it refuses fall back to the plain start and status queries,
+    and every one returns the same connection."""
+    cc, counter = unanswered_guard.client, unanswered_guard.counter
+    org = uid("pace")
+    views = await asyncio.gather(*(
+        cc.create(org, SERVICE, connection_id="db", wait_admission=timedelta(seconds=3))
+        for _ in range(14)
+    ))
+    try:
+        assert {v.workflow_id for v in views} == {views[0].workflow_id}
+        assert {v.status for v in views} == {"Pending"}
+        assert counter.updates_with_start == 14
+        assert counter.starts >= 4, vars(counter)  # the refused ones, at least
+    finally:
+        for wid in (views[0].workflow_id, org_guard_workflow_id(org)):
+            try:
+                await unanswered_guard.temporal.get_workflow_handle(wid).terminate("test over")
+            except Exception:  # noqa: BLE001 - the guard may never have started
+                pass

@@ -75,6 +75,9 @@ EXPECTED = {
         "cancel_during_create_endpoint", "cancel_during_apply_policies",
         *(f"fail_step{i}" for i in range(1, 6)),
     )),
+    # The create's wait for admission: one ``admitted`` update sent with the start (accepted
+    # and completed in the history), a second create's update refused (not in it).
+    "connection_admitted_by_update",
     "guard_first_run",
     "guard_leak_repair",
 }

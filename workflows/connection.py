@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         ACT_CHECK_PRINCIPAL,
         ACT_CREATE_ENDPOINT,
         ACT_REQUEST_SLOT,
+        ADMISSION_STATUSES,
         QUERY_STATUS,
         SA_ENDPOINT_ID,
         SA_ORG_ID,
@@ -39,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         SIGNAL_DELETE,
         SIGNAL_RETRY_NOW,
         SIGNAL_SLOT_DECISION,
+        UPDATE_ADMITTED,
         CheckPrincipalInput,
         ConnectionInput,
         ConnectionState,
@@ -156,6 +158,21 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
     @workflow.query(name=QUERY_STATUS)
     def status(self) -> ConnectionState:
         return self._state
+
+    @workflow.update(name=UPDATE_ADMITTED)
+    async def admitted(self) -> ConnectionState:
+        """The state once the connection has left admission: ``create`` sends it with the
+        start and waits on it, one round trip where a status query every half second cost
+        the Temporal server and the worker a share of each connection (issue 12)."""
+        await workflow.wait_condition(lambda: self._state.status not in ADMISSION_STATUSES)
+        return self._state
+
+    @admitted.validator
+    def _admitted_only_while_pending(self) -> None:
+        # Past admission (a create sent again, a worker restarted) the status query answers
+        # at once: refused here, the update leaves nothing in the history.
+        if self._state.status not in ADMISSION_STATUSES:
+            raise ValueError(f"already past admission: {self._state.status.value}")
 
     # ------------------------------------------------------------------ run
 

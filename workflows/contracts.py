@@ -165,6 +165,8 @@ TERMINAL_STATUSES = frozenset(
         ConnectionStatus.CANCELLED,
     }
 )
+# Statuses before (or at) the org guard's decision: ``create`` waits until past them.
+ADMISSION_STATUSES = frozenset({ConnectionStatus.PENDING})
 # One activity call between two resting statuses: the store, the query, the timeline and the
 # UI's current details show them; the PrivnetStatus search attribute (each change a
 # visibility write, which the bench measured as a large share of the dev server's cost per
@@ -393,6 +395,9 @@ SIGNAL_CANCEL = "cancel"
 SIGNAL_RETRY_NOW = "retry_now"
 SIGNAL_SLOT_DECISION = "slot_decision"
 QUERY_STATUS = "status"
+# Answers once the connection has left admission (``ADMISSION_STATUSES``): ``create``'s one
+# wait, sent with the start (update-with-start), instead of a status query every half second.
+UPDATE_ADMITTED = "admitted"
 
 SIGNAL_ACQUIRE = "acquire"
 SIGNAL_RELEASE = "release"

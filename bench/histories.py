@@ -1,6 +1,6 @@
 """Where the orchestration time goes, counted from Temporal histories: events, workflow
 tasks, activities by type (and their attempts), local activities, search-attribute
-upserts, timers and signals. ``count_events`` is pure (tests feed it recorded fixtures)."""
+upserts, timers, signals and updates. ``count_events`` is pure (tests feed it recorded fixtures)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ def count_events(events: Iterable[HistoryEvent]) -> dict[str, Any]:
         "search_attribute_upserts": by_type["upsert_workflow_search_attributes"],
         "timers": by_type["timer_started"],
         "signals_received": by_type["workflow_execution_signaled"],
+        "updates_accepted": by_type["workflow_execution_update_accepted"],
         "signals_sent": by_type["signal_external_workflow_execution_initiated"],
         "continued_as_new": by_type["workflow_execution_continued_as_new"],
     }

@@ -43,6 +43,7 @@ def test_count_events_matches_the_raw_history(name: str) -> None:
     assert counts["search_attribute_upserts"] == types[
         "EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"]
     assert counts["signals_received"] == types["EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED"]
+    assert counts["updates_accepted"] == types["EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED"]
     assert counts["timers"] == types["EVENT_TYPE_TIMER_STARTED"]
     assert counts["workflow_task_failures"] == (types["EVENT_TYPE_WORKFLOW_TASK_FAILED"]
                                                 + types["EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT"])

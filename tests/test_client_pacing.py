@@ -18,12 +18,20 @@ from typing import Any
 
 import pytest
 from temporalio import client as tc
+from temporalio import workflow
+from temporalio.worker import Worker
 
 from settings import Settings
 from starter.client import ConnectionsClient
 from tests.fakes import FakeActivities, FakeEnv, FakeWorld, fake_worker
 from tests.wfutil import save_history, uid
-from workflows.contracts import org_guard_workflow_id
+from workflows.contracts import (
+    QUERY_STATUS,
+    ConnectionInput,
+    ConnectionState,
+    ConnectionStatus,
+    org_guard_workflow_id,
+)
 
 SERVICE = "com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0"
 
@@ -203,3 +211,51 @@ async def test_one_create_sent_many_times_at_once(unanswered_guard: Counted) -> 
                 await unanswered_guard.temporal.get_workflow_handle(wid).terminate("test over")
             except Exception:  # noqa: BLE001 - the guard may never have started
                 pass
+
+
+@workflow.defn(name="PrivateConnectionWorkflow", sandboxed=False)
+class ConnectionWithoutTheUpdate:
+    """What a worker from before the ``admitted`` update runs (the API deployed first): the
+    status query only; it leaves admission half a second after it starts."""
+
+    @workflow.init
+    def __init__(self, inp: ConnectionInput) -> None:
+        self._state = ConnectionState(
+            org_id=inp.org_id,
+            connection_id=inp.connection_id,
+            status=ConnectionStatus.PENDING,
+            endpoint_service_name=inp.endpoint_service_name,
+            region=inp.region,
+            service_region=inp.region,
+        )
+
+    @workflow.query(name=QUERY_STATUS)
+    def status(self) -> ConnectionState:
+        return self._state
+
+    @workflow.run
+    async def run(self, inp: ConnectionInput) -> None:
+        await workflow.sleep(0.5)
+        self._state.status = ConnectionStatus.CHECKING_PRINCIPAL
+        await workflow.wait_condition(lambda: False)
+
+
+async def test_create_against_a_worker_without_the_update(temporal_client: tc.Client) -> None:
+    """The worker refuses the unknown update; create falls back to status queries and
+    still returns soon after admission."""
+    tq = uid("older-worker")
+    async with Worker(temporal_client, task_queue=tq, workflows=[ConnectionWithoutTheUpdate]):
+        c = counted(temporal_client, tq)
+        org = uid("pace")
+        began = time.monotonic()
+        view = await c.client.create(
+            org, SERVICE, connection_id="db", wait_admission=timedelta(seconds=5)
+        )
+        took = time.monotonic() - began
+        try:
+            assert view.status == "CheckingPrincipal", view
+            assert took < 4.5, took
+            assert c.counter.updates_with_start == 1, vars(c.counter)
+            assert c.counter.queries >= 1, vars(c.counter)
+        finally:
+            await temporal_client.get_workflow_handle(view.workflow_id).terminate("test over")

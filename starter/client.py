@@ -93,16 +93,24 @@ from workflows.contracts import (
 CONNECTION_WORKFLOW = "PrivateConnectionWorkflow"
 ORG_GUARD_WORKFLOW = "OrgGuardWorkflow"
 
-# How often ``create`` asks a new connection whether it left admission. Each look is a status
-# query: a round trip through the Temporal server to a worker, which runs it in the workflow's
-# sandbox. With looks every 0.1 s, 200 creates at once cost the bench's worker 113 and its
-# dev server 150 ms of CPU per connection; with paced looks 98 and 136 (one bench run, N=200,
-# two repetitions each, same code otherwise). Quick looks first (most connections are
-# admitted within a second), then at most every 0.5 s, so a create still returns within
-# half a second of its admission.
+# How often ``create`` asks a new connection whether it left admission when the workflow
+# refused its ``admitted`` update (already past admission, or a worker from before it). Each
+# look is a status query: a round trip through the Temporal server to a worker, which runs it
+# in the workflow's sandbox. With looks every 0.1 s, 200 creates at once cost the bench's
+# worker 113 and its dev server 150 ms of CPU per connection; with paced looks 98 and 136;
+# with the update, no looks, 60-72 and 92-116 (issue 12). Quick looks first, then at most
+# every 0.5 s, so a create still returns within half a second of its admission.
 ADMISSION_FIRST_PAUSE = 0.1
 ADMISSION_MAX_PAUSE = 0.5
 DELETE_ACK_WAIT = 1.0  # how long ``delete`` waits for the workflow to show Deleting
+
+
+def _start_answer(start: WithStartWorkflowOperation[Any, Any]) -> asyncio.Future[Any] | None:
+    """The with-start operation's future for the server's answer to the start (the SDK sets
+    it on the first response): done once the start is known to have happened or failed.
+    Private to the SDK, so read defensively (None: unknown, treat as unanswered)."""
+    fut = getattr(start, "_workflow_handle", None)
+    return fut if isinstance(fut, asyncio.Future) else None
 
 
 def paced(first: float, cap: float, factor: float = 1.5) -> Iterator[float]:
@@ -445,8 +453,8 @@ class ConnectionsClient:
                 raise asyncio.CancelledError from None  # the caller's cancel, not the wait's end
             return await self._started(inp, start, start_args), None
         finally:
-            fut = start._workflow_handle
-            if fut.done() and not fut.cancelled():
+            fut = _start_answer(start)
+            if fut is not None and fut.done() and not fut.cancelled():
                 fut.exception()  # retrieved: asyncio would log an unread start error
         return handle, await self._query_until_admitted(handle, deadline)
 
@@ -458,8 +466,8 @@ class ConnectionsClient:
     ) -> WorkflowHandle[Any, Any]:
         """The workflow's handle after a wait cut short: the start's if the server answered
         it, else from a plain start (idempotent: ``USE_EXISTING``)."""
-        fut = start._workflow_handle
-        if fut.done() and not fut.cancelled() and fut.exception() is None:
+        fut = _start_answer(start)
+        if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
             handle: WorkflowHandle[Any, Any] = fut.result()
             return handle
         return await self.temporal.start_workflow(CONNECTION_WORKFLOW, inp, **start_args)

@@ -155,14 +155,15 @@ async def test_create_returns_soon_after_admission(
         assert (c.counter.queries, c.counter.updates_with_start, c.counter.starts) == (1, 2, 0)
         history = await temporal_client.get_workflow_handle(view.workflow_id).fetch_history()
         accepted = [
-            e for e in history.events if e.HasField("workflow_execution_update_accepted_event_attributes")
+            e
+            for e in history.events
+            if e.HasField("workflow_execution_update_accepted_event_attributes")
         ]
         assert len(accepted) == 1, len(accepted)
         await c.client.delete(org, "db")
         handle = temporal_client.get_workflow_handle(view.workflow_id)
         await asyncio.wait_for(handle.result(), 30)
         await save_history(handle, "connection_admitted_by_update")
-
 
 
 async def test_create_without_any_worker_returns_a_started_workflow(

@@ -426,7 +426,7 @@ class ConnectionsClient:
         short before the server answered starts the workflow again (``USE_EXISTING`` makes
         that a no-op if the first start went through). A refused update (the workflow is
         already past admission, or a worker from before the update runs it) or one the
-        server would not take falls back to status queries for the time left."""
+        server aborts (the workflow ended) falls back to status queries for the time left."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait.total_seconds()
         start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
@@ -444,8 +444,9 @@ class ConnectionsClient:
         except WorkflowUpdateFailedError:
             handle = await start.workflow_handle()
         except RPCError:
-            # E.g. more than the server's 10 updates in flight (one create sent many times
-            # at once): the start alone is idempotent, and status queries still answer.
+            # E.g. "update aborted by closing workflow" (it ended while we waited; more than
+            # the server's 10 updates in flight is asked again by the SDK until the wait
+            # ends): the start alone is idempotent, and a status query still answers.
             handle = await self._started(inp, start, start_args)
         except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
             task = asyncio.current_task()

@@ -30,6 +30,7 @@ from workflows.contracts import (
     ConnectionInput,
     ConnectionState,
     ConnectionStatus,
+    connection_workflow_id,
     org_guard_workflow_id,
 )
 
@@ -193,25 +194,65 @@ async def test_create_without_any_worker_returns_a_started_workflow(
 
 async def test_one_create_sent_many_times_at_once(unanswered_guard: Counted) -> None:
     """More creates of one connection at once than the server keeps updates in flight for
-    one workflow (10): those it refuses fall back to the plain start and status queries,
-    and every one returns the same connection."""
+    one workflow (10): it refuses the rest with RESOURCE_EXHAUSTED, which the SDK asks
+    again until the wait ends. Every create returns the same Pending connection at the end
+    of its wait, none fails, none polls."""
     cc, counter = unanswered_guard.client, unanswered_guard.counter
     org = uid("pace")
-    views = await asyncio.gather(*(
-        cc.create(org, SERVICE, connection_id="db", wait_admission=timedelta(seconds=3))
-        for _ in range(14)
-    ))
+
+    async def timed_create() -> tuple[float, Any]:
+        began = time.monotonic()
+        view = await cc.create(org, SERVICE, connection_id="db", wait_admission=timedelta(seconds=3))
+        return time.monotonic() - began, view
+
+    results = await asyncio.gather(*(timed_create() for _ in range(14)))
+    views = [v for _, v in results]
     try:
         assert {v.workflow_id for v in views} == {views[0].workflow_id}
         assert {v.status for v in views} == {"Pending"}
+        assert all(2.9 <= took < 6 for took, _ in results), [t for t, _ in results]
         assert counter.updates_with_start == 14
-        assert counter.starts >= 4, vars(counter)  # the refused ones, at least
+        assert counter.queries == 0, vars(counter)
     finally:
         for wid in (views[0].workflow_id, org_guard_workflow_id(org)):
             try:
                 await unanswered_guard.temporal.get_workflow_handle(wid).terminate("test over")
             except Exception:  # noqa: BLE001 - the guard may never have started
                 pass
+
+
+async def test_create_whose_workflow_closes_while_it_waits(unanswered_guard: Counted) -> None:
+    """The workflow ends (terminated here) while create waits on its update: the server
+    aborts the update with an error; create still answers from the workflow (a status
+    query) instead of failing."""
+    cc, counter = unanswered_guard.client, unanswered_guard.counter
+    org = uid("pace")
+    creating = asyncio.create_task(
+        cc.create(org, SERVICE, connection_id="db", wait_admission=timedelta(seconds=5))
+    )
+    try:
+        wid = connection_workflow_id(org, "db")
+        handle = unanswered_guard.temporal.get_workflow_handle(wid)
+        for _ in range(50):  # until the workflow exists
+            try:
+                await handle.describe()
+                break
+            except Exception:  # noqa: BLE001 - not started yet
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        await handle.terminate("closed while create waits")
+        view = await asyncio.wait_for(creating, 15)
+        assert view.workflow_id == wid
+        assert counter.updates_with_start == 1, vars(counter)
+        assert counter.queries >= 1, vars(counter)  # answered by the fallback
+    finally:
+        creating.cancel()
+        try:
+            await unanswered_guard.temporal.get_workflow_handle(
+                org_guard_workflow_id(org)
+            ).terminate("test over")
+        except Exception:  # noqa: BLE001 - the guard may never have started
+            pass
 
 
 @workflow.defn(name="PrivateConnectionWorkflow", sandboxed=False)

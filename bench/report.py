@@ -78,6 +78,10 @@ def summarize(results: dict[str, Any], opts: Any) -> dict[str, Any]:
             "large": tp[large]["ratio"], "small": tp[small]["ratio"],
             "not_worse": [a >= b for a, b in zip(tp[large]["ratio"], tp[small]["ratio"],
                                                   strict=False)],
+            # By how much, per repetition: "not worse" alone hides whether a "no" is a
+            # trend or a difference smaller than the run-to-run noise.
+            "difference": [round(a - b, 3) for a, b in zip(
+                tp[large]["ratio"], tp[small]["ratio"], strict=False)],
         }
         last = by_n[sizes[-1]]
         s["where_time_goes"] = {
@@ -218,6 +222,9 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, list[Any], str, str]]:
         r = s["ratio_large_vs_small"]
         out.append((f"ratio N={r['large_n']} not worse than N={r['small_n']}", r["not_worse"],
                     "yes", met(r["not_worse"])))
+        if "difference" in r:  # results files from before it have no such row
+            out.append((f"  ratio N={r['large_n']} minus ratio N={r['small_n']}",
+                        r["difference"], "", ""))
     for n, t in tp.items():
         out.append((f"AWS calls/connection (available at once), N={n}",
                     t["aws_calls_per_connection"], f"<= {GOALS['aws_calls_available']}",

@@ -142,6 +142,7 @@ def test_summary_and_table_against_the_goals() -> None:
     summary = report.summarize(results, opts)
     assert summary["throughput"]["200"]["ratio"] == [0.65, 0.5]
     assert summary["ratio_large_vs_small"]["not_worse"] == [True, True]
+    assert summary["ratio_large_vs_small"]["difference"] == [0.45, 0.3]
     assert summary["latency_available_to_active"]["60"]["max_s"] == 15.0
     doc = {"meta": {"options": {"reps": 2, "label": "t"}, "machine": {
         "cpu": "x", "cores": 2, "memory_gb": 1, "python": "3", "temporalio": "1",
@@ -150,6 +151,7 @@ def test_summary_and_table_against_the_goals() -> None:
     rows = {name: (values, goal, met) for name, values, goal, met in report.rows(doc)}
     assert rows["ratio provisioning/baseline, N=200"] == ([0.65, 0.5], ">= 0.6", "NO")
     assert rows["ratio provisioning/baseline, N=50"][2] == ""
+    assert rows["  ratio N=200 minus ratio N=50"] == ([0.45, 0.3], "", "")
     assert rows["AWS calls/connection (available at once), N=200"][2] == "NO"
     assert rows["AWS calls/connection, 10-min pendingAcceptance"][2] == "yes"
     assert rows["available->Active (s), pending 30s"][2] == "yes"

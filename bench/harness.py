@@ -51,6 +51,7 @@ class Options:
     out_dir: Path
     label: str
     quick: bool
+    temporal_db: str = "file"
 
 
 @dataclass

@@ -9,16 +9,29 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+DEV_SERVER_DB = {"file": "a SQLite file, as the embedded stack runs it",
+                 "memory": "in memory, as the tests run it"}
+
+
+def notes(temporal_db: str = "file") -> list[str]:
+    """How the run measured, for its JSON and its reader; ``temporal_db`` is the dev
+    server's database (``--temporal-db``)."""
+    return [
+        f"Every process apart: Temporal dev server ({DEV_SERVER_DB[temporal_db]}, headless), "
+        "sandboxes (sandbox AWS + sandbox Kubernetes), one worker per measurement, the "
+        "driver.",
+        *NOTES,
+    ]
+
+
 NOTES = [
-    "Every process apart: Temporal dev server (SQLite file, headless), sandboxes (sandbox "
-    "AWS + sandbox Kubernetes), one worker per measurement, the driver.",
     "Sandbox AWS: zero delays, one endpoint VPC with /20 subnets, per-VPC quota raised.",
     "Throughput: N started at once; provisioning through ConnectionsClient.create (which "
     "waits up to 5 s per call for admission), done when the store shows N Active; "
     "delete through ConnectionsClient.delete until the store shows N Deleted.",
     "Ratio: provisioning throughput over the mean of two baselines, one run just before "
-    "and one just after it on the same dev server (its SQLite file slows it down as it "
-    "fills; one baseline before would charge that drift to provisioning).",
+    "and one just after it on the same dev server (it slows down as its database fills; "
+    "one baseline before would charge that drift to provisioning).",
     "AWS calls: sandbox AWS's own request counters (STS AssumeRole falls in the warm-up).",
     "skip: time-skipping test server with the same real worker and activities.",
 ]
@@ -340,7 +353,9 @@ def table(doc: dict[str, Any]) -> str:
     lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; "
               f"Python {m['python']}, temporalio {m['temporalio']}, {m['temporal_cli']}; "
               f"commit {m['commit']}; load average {m['load_average_at_start']} at start, "
-              f"{m.get('load_average_at_end')} at end; {doc['meta'].get('wall_minutes')} min."]
+              f"{m.get('load_average_at_end')} at end; {doc['meta'].get('wall_minutes')} min; "
+              "dev server database: "
+              f"{DEV_SERVER_DB[doc['meta']['options'].get('temporal_db', 'file')]}."]
     if doc["results"]["errors"]:
         lines += ["", "ERRORS: " + "; ".join(
             f"rep {e['rep']} {e['scenario']}: {e['error']}" for e in doc["results"]["errors"])]

@@ -36,7 +36,14 @@ from typing import Any
 
 from bench import report
 from bench.harness import Bench, Options, connect_client
-from bench.procs import REPO_ROOT, AwsAdmin, Sampler, start_dev_server, start_sandboxes
+from bench.procs import (
+    REPO_ROOT,
+    TEMPORAL_DBS,
+    AwsAdmin,
+    Sampler,
+    start_dev_server,
+    start_sandboxes,
+)
 
 SCENARIOS = ("throughput", "guard", "skip", "hold")
 
@@ -63,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
                    help="connection histories counted per run (default 10)")
     p.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
     p.add_argument("--label", help="file name of the results (default: UTC timestamp)")
+    p.add_argument("--temporal-db", choices=TEMPORAL_DBS, default="file",
+                   help="the dev server's database: a SQLite file as the embedded stack runs "
+                   "it (default), or in memory as the tests run it")
     p.add_argument("--render", metavar="JSON",
                    help="only redo the summary, table and chart of a results file")
     a = p.parse_args(argv)
@@ -90,6 +100,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         out_dir=Path(a.out),
         label=a.label or (f"quick-{stamp}" if quick else stamp),
         quick=quick,
+        temporal_db=a.temporal_db,
     )
 
 
@@ -205,7 +216,7 @@ async def amain(opts: Options) -> int:
     sampler = Sampler()
     sampler.start()
     dev, address = await asyncio.to_thread(
-        start_dev_server, run_dir, [k.name for k in SEARCH_ATTRIBUTES])
+        start_dev_server, run_dir, [k.name for k in SEARCH_ATTRIBUTES], opts.temporal_db)
     sandboxes = None
     ok = False
     try:
@@ -221,7 +232,7 @@ async def amain(opts: Options) -> int:
         meta["wall_minutes"] = round((time.monotonic() - t0) / 60, 1)
         meta["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         meta["dev_server_rss_whole_run"] = sampler.window("dev_server", 0)
-        meta["notes"] = report.NOTES
+        meta["notes"] = report.notes(opts.temporal_db)
         doc = {"meta": meta, "results": results, "summary": report.summarize(results, opts)}
         paths = report.write(doc, opts)
         (opts.out_dir / f"{opts.label}.partial.json").unlink(missing_ok=True)
@@ -248,7 +259,7 @@ def render(path: Path) -> None:
     opts = argparse.Namespace(pending_times=o["pending_times"], acceptance_wait=o["acceptance_wait"],
                               out_dir=path.parent, label=path.stem)
     doc["summary"] = report.summarize(doc["results"], opts)
-    doc["meta"]["notes"] = report.NOTES
+    doc["meta"]["notes"] = report.notes(o.get("temporal_db", "file"))
     report.write(doc, opts)
     print(report.table(doc))
 

@@ -175,3 +175,32 @@ def test_the_ratio_is_against_the_baselines_either_side() -> None:
     assert rows["baseline workflows/s after provisioning, N=200"][0] == [30]
     assert rows["ratio provisioning/baseline, N=200"] == ([0.743], ">= 0.6", "yes")
     assert rows["  ratio against the baseline before only, N=200"][0] == [0.65]
+
+
+@pytest.mark.parametrize("db", ["file", "memory"])
+def test_dev_server_database_is_chosen_by_the_option(tmp_path: Path, db: str) -> None:
+    from bench.procs import dev_server_command
+    from bench.run import parse_args
+
+    opts = parse_args(["--temporal-db", db, "--only", "throughput"])
+    assert opts.temporal_db == db
+    cmd = dev_server_command("temporal", tmp_path, 7233, ["PrivnetOrgId"], opts.temporal_db)
+    assert cmd[:3] == ["temporal", "server", "start-dev"]
+    assert ("--db-filename" in cmd) is (db == "file")
+    if db == "file":
+        assert cmd[cmd.index("--db-filename") + 1] == str(tmp_path / "temporal.db")
+    assert cmd[cmd.index("--port") + 1] == "7233"
+    assert cmd[-2:] == ["--search-attribute", "PrivnetOrgId=Keyword"]
+    assert report.notes(db)[0].startswith(
+        "Every process apart: Temporal dev server (" + report.DEV_SERVER_DB[db])
+
+
+def test_an_unknown_dev_server_database_is_refused(tmp_path: Path) -> None:
+    from bench.procs import dev_server_command
+    from bench.run import parse_args
+
+    assert parse_args([]).temporal_db == "file"
+    with pytest.raises(SystemExit):
+        parse_args(["--temporal-db", "postgres"])
+    with pytest.raises(ValueError, match="choose from"):
+        dev_server_command("temporal", tmp_path, 7233, [], "postgres")

@@ -221,8 +221,8 @@ def dev_server_command(cli: str, data_dir: Path, port: int, search_attributes: I
                        db: str = "file") -> list[str]:
     """The dev server's command line. ``file``: a SQLite file, as the embedded stack runs
     it. ``memory``: no file, as ``WorkflowEnvironment.start_local`` runs it for the tests;
-    the server then costs about half the CPU per operation (no page writes), so privnet's
-    own share of a connection weighs more in the ratio."""
+    the server then costs about half the CPU per operation and keeps the cores busy, so the
+    ratio is the ratio of CPU per item (README, "What the dev server's database changes")."""
     if db not in TEMPORAL_DBS:
         raise ValueError(f"unknown dev server database {db!r}: choose from {TEMPORAL_DBS}")
     cmd = [cli, "server", "start-dev"]

@@ -395,7 +395,8 @@ def _name_conflict(current: dict[str, Any], owner: tuple[str, str], where: str
 
 
 def _heartbeat(detail: str) -> None:
-    if activity.in_activity():
+    # A local activity's heartbeat goes nowhere (its workflow task heartbeats for it).
+    if activity.in_activity() and not activity.info().is_local:
         activity.heartbeat(detail)
 
 

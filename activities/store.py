@@ -78,6 +78,7 @@ from workflows.contracts import (
     ACT_RECORD_STATUS,
     ACT_SAVE_ORG_SLOTS,
     TERMINAL_STATUSES,
+    ConnectionStatus,
     ConnectionView,
     InvalidInput,
     OrgSlots,
@@ -183,6 +184,28 @@ org_slots = Table(
     Column("granted_at", UTCDateTime, nullable=False),
 )
 
+# Provisioning only moves forward: each of its statuses by its step (acceptance and the
+# wait for IPs are one step: AWS may go either way between them). Anything else (Active and
+# after) ranks above them all.
+_PROVISIONING_STEP = {
+    ConnectionStatus.PENDING.value: 0,
+    ConnectionStatus.CHECKING_PRINCIPAL.value: 1,
+    ConnectionStatus.CREATING_ENDPOINT.value: 2,
+    ConnectionStatus.WAITING_FOR_ACCEPTANCE.value: 3,
+    ConnectionStatus.WAITING_FOR_IP.value: 3,
+    ConnectionStatus.APPLYING_POLICY.value: 4,
+}
+
+
+def goes_back(before: str, status: str) -> bool:
+    """Whether writing ``status`` after ``before`` would move provisioning backwards: a
+    workflow task discarded after its local activities wrote several statuses (a worker
+    killed mid-task) runs them again under new seqs (each floored by the history the
+    discarded task grew), so the earlier ones arrive after the later ones."""
+    step = _PROVISIONING_STEP.get(status)
+    return step is not None and _PROVISIONING_STEP.get(before, len(_PROVISIONING_STEP)) > step
+
+
 _ROW_FIELDS = (
     "status",
     "reason",
@@ -275,7 +298,8 @@ class Store:
 
     def record(self, rec: StatusRecord) -> bool:
         """Apply one status write; True if the connection row was inserted or updated
-        (False: a write with this or a newer seq was already applied)."""
+        (False: a write with this or a newer seq was already applied, or the write would
+        move provisioning back, see ``goes_back``)."""
         if rec.at.tzinfo is None or rec.at.utcoffset() is None:
             raise ValueError(f"StatusRecord.at must be timezone-aware, got {rec.at!r}")
         values: dict[str, Any] = {f: getattr(rec, f) for f in _ROW_FIELDS}
@@ -289,6 +313,8 @@ class Store:
             # the write, and the retry numbers it after the history it has grown) is one
             # timeline entry, not two.
             prev = conn.execute(previous, {**key, "before_seq": rec.seq}).first()
+            if prev is not None and goes_back(prev.status, values["status"]):
+                return False  # a re-run of an earlier step: the timeline never goes back
             if prev is None or (prev.status, prev.detail) != (str(rec.status), rec.detail):
                 conn.execute(ins_event, {**key, "seq": rec.seq, "at": rec.at,
                                          "status": str(rec.status), "detail": rec.detail})

@@ -135,7 +135,7 @@ def _scheduled(events: list[Any]) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("release", [0, 3, 4, CURRENT_RELEASE])
+@pytest.mark.parametrize("release", [0, 3, 4, 5, CURRENT_RELEASE])
 async def test_each_release_records_its_command_sequence_and_every_status_in_the_store(
     env: Env, release: int
 ) -> None:
@@ -145,8 +145,8 @@ async def test_each_release_records_its_command_sequence_and_every_status_in_the
     step's own activity, not with a local activity (a marker) each. An input from before
     (release 0, e.g. an older starter) still decides by markers and still records every
     status there. Release 5 checks the principal and takes the look after the create in
-    local activities: no task queue round trip for either. The store's timeline is complete in every
-    release."""
+    local activities: no task queue round trip for either; release 6 also applies the first
+    policy locally. The store's timeline is complete in every release."""
     org, conn = uid("org"), uid("c")
     env.world.set(f"initial_state:{conn}", "pending")  # the look after the create, then a poll
     inp = make_input(org, conn).model_copy(update={"release": release})
@@ -174,9 +174,19 @@ async def test_each_release_records_its_command_sequence_and_every_status_in_the
     locally = [m for m in markers if m.startswith("local:") and m not in status_writes]
     scheduled = _scheduled(events)
     polls = scheduled.count(ACT_WAIT_FOR_STATE_CHANGE)
-    if release >= 5:  # the look right after the create is local, the poll loop is not
+    if release >= 6:  # and the first policy apply
+        assert locally == [
+            f"local:{ACT_CHECK_PRINCIPAL}",
+            f"local:{ACT_WAIT_FOR_STATE_CHANGE}",
+            f"local:{ACT_APPLY_POLICIES}",
+        ]
+        assert scheduled[:2] == [ACT_ACQUIRE_SLOT, ACT_CREATE_ENDPOINT]
+        assert ACT_APPLY_POLICIES not in scheduled
+        assert polls == 1
+    elif release >= 5:  # the look right after the create is local, the poll loop is not
         assert locally == [f"local:{ACT_CHECK_PRINCIPAL}", f"local:{ACT_WAIT_FOR_STATE_CHANGE}"]
         assert scheduled[:2] == [ACT_ACQUIRE_SLOT, ACT_CREATE_ENDPOINT]
+        assert ACT_APPLY_POLICIES in scheduled
         assert polls == 1
     else:
         assert locally == []

@@ -26,7 +26,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.store import Store, StoreActivities
+from activities.store import Store, StoreActivities, goes_back
 from settings import Settings
 from workflows.contracts import (
     ACT_RECORD_STATUS,
@@ -42,7 +42,8 @@ POSTGRES_URL = os.environ.get(
 )
 SERVICE = "com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0"
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
-# A plausible workflow order; seq i gets FLOW[(i - 1) % len(FLOW)].
+# A plausible workflow order; seq i gets FLOW[i - 1], then the statuses after provisioning
+# in turn (AFTER: provisioning never comes back, the store refuses it).
 FLOW = [
     ConnectionStatus.PENDING,
     ConnectionStatus.CHECKING_PRINCIPAL,
@@ -51,9 +52,18 @@ FLOW = [
     ConnectionStatus.WAITING_FOR_IP,
     ConnectionStatus.APPLYING_POLICY,
     ConnectionStatus.ACTIVE,
+]
+AFTER = [
+    ConnectionStatus.DEGRADED,
+    ConnectionStatus.ACTIVE,
     ConnectionStatus.DELETING,
+    ConnectionStatus.CLEANUP_BLOCKED,
     ConnectionStatus.DELETED,
 ]
+
+
+def flow(seq: int) -> ConnectionStatus:
+    return FLOW[seq - 1] if seq <= len(FLOW) else AFTER[(seq - 1 - len(FLOW)) % len(AFTER)]
 
 
 def write(
@@ -72,7 +82,7 @@ def write(
         connection_id=conn,
         seq=seq,
         at=at or T0 + timedelta(seconds=seq),
-        status=status or FLOW[(seq - 1) % len(FLOW)],
+        status=status or flow(seq),
         reason=None if seq % 3 else f"R{seq}",
         message=f"message {seq}",
         detail=f"detail {seq}",
@@ -224,6 +234,56 @@ def test_a_write_repeated_under_a_higher_seq_is_one_timeline_entry(store: Store)
     view = store.get("acme", "db1")
     assert view is not None and view.timeline is not None and view.status == "Deleted"
     assert [e.status for e in view.timeline] == [write(1).status.value, "Active", "Deleted"]
+
+
+def test_a_discarded_task_run_again_never_moves_the_timeline_back(store: Store) -> None:
+    """A workflow task whose local activities wrote WaitingForIp, ApplyingPolicy and Active
+    is discarded (its worker killed before completing it) and run again: the retry writes
+    the three again under higher seqs. The earlier two are refused, the row stays Active
+    and the timeline does not go back; what follows provisioning still lands."""
+    S = ConnectionStatus
+    first = [
+        write(1, status=S.PENDING, detail="requested"),
+        write(9, status=S.WAITING_FOR_IP, detail="available"),
+        write(10, status=S.APPLYING_POLICY, detail="allowing"),
+        write(11, status=S.ACTIVE, detail="reachable"),
+    ]
+    assert [store.record(w) for w in first] == [True] * 4
+    again = [w.model_copy(update={"seq": w.seq + 20}) for w in first[1:]]
+    assert [store.record(w) for w in again] == [False, False, True]
+    view = store.get("acme", "db1")
+    assert view is not None and view.timeline is not None
+    assert view.status == "Active"
+    assert [e.status for e in view.timeline] == [
+        "Pending", "WaitingForIp", "ApplyingPolicy", "Active"
+    ]
+    # Provisioning after Active, or after its end, is refused; the rest is not.
+    assert store.record(write(40, status=S.DEGRADED, detail="aws unreachable")) is True
+    assert store.record(write(41, status=S.CHECKING_PRINCIPAL, detail="late")) is False
+    assert store.record(write(42, status=S.DELETED, detail="deleted")) is True
+    assert store.record(write(43, status=S.PENDING, detail="late")) is False
+    view = store.get("acme", "db1")
+    assert view is not None and view.timeline is not None and view.status == "Deleted"
+    assert [e.status for e in view.timeline][-2:] == ["Degraded", "Deleted"]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "back"),
+    [
+        ("Pending", "CheckingPrincipal", False),
+        ("CreatingEndpoint", "CheckingPrincipal", True),
+        ("WaitingForAcceptance", "WaitingForIp", False),
+        ("WaitingForIp", "WaitingForAcceptance", False),  # one step: AWS may go either way
+        ("ApplyingPolicy", "WaitingForIp", True),
+        ("Active", "ApplyingPolicy", True),
+        ("Active", "Degraded", False),
+        ("Degraded", "Active", False),
+        ("Failed", "Pending", True),
+        ("Active", "Deleting", False),
+    ],
+)
+def test_goes_back(before: str, after: str, back: bool) -> None:
+    assert goes_back(before, after) is back
 
 
 def _hammer(url: str, writes: list[StatusRecord], start: threading.Barrier | None) -> list[bool]:
@@ -397,7 +457,8 @@ def test_list_order_and_filters(store: Store) -> None:
         ("acme", "beta"),
     ]
     assert store.list(statuses=[]) == []
-    store.record(write(3, org="acme", conn="beta", at=T0 + timedelta(hours=2)))
+    store.record(write(3, org="acme", conn="beta", status=ConnectionStatus.APPLYING_POLICY,
+                       at=T0 + timedelta(hours=2)))
     stuck = store.list(
         statuses=[s.value for s in ConnectionStatus if not s.terminal and s != "Active"],
         updated_before=T0 + timedelta(hours=1, minutes=30),
@@ -408,7 +469,7 @@ def test_list_order_and_filters(store: Store) -> None:
         ("globex", "mid"),
         ("acme", "zeta"),
     ]
-    assert store.count_by_status() == {"Active": 2, "Failed": 1, write(3).status.value: 1}
+    assert store.count_by_status() == {"Active": 2, "Failed": 1, "ApplyingPolicy": 1}
     assert store.count_by_status("globex") == {"Active": 1}
 
 

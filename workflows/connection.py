@@ -420,8 +420,13 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
         self._details("Applying CiliumNetworkPolicy in the task namespaces", "Kubernetes API")
         self._register_policies_undo()
         try:
-            await self._apply_policies(addresses.ips, status=status)
-        except ActivityError as err:
+            # Release 6: a local activity (a few Kubernetes calls whose result the Active
+            # write needs): no task queue round trip, no workflow task of its own. Its
+            # retries wait inside the task only up to LOCAL_RETRY_IN_TASK, then on a timer.
+            await self._apply_policies(
+                addresses.ips, status=status, local=self._inp.release >= 6
+            )
+        except (ActivityError, ApplicationError) as err:  # a local activity's error is bare
             if is_cancellation(err):
                 raise
             raise failure_of(err, Reason.POLICY_APPLY_FAILED, "applying the policy") from None

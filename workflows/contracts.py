@@ -317,7 +317,11 @@ class ResumeState(BaseModel):
 # The guard's answer, the create, the poll loop, the policy apply and compensation stay
 # activities: they may wait long (a local activity holds the workflow task, and queries wait
 # for it), and the UI shows them pending.
-CURRENT_RELEASE = 5
+# 6: the first policy apply is a local activity too (a few Kubernetes calls; the Active
+# write follows in the same workflow task). Several statuses are then written from one
+# workflow task; if it is discarded (a worker killed mid-task), its run again writes them
+# under new seqs, and the store refuses the earlier ones after the later (``goes_back``).
+CURRENT_RELEASE = 6
 
 
 class ConnectionInput(BaseModel):

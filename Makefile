@@ -52,7 +52,7 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 		|| $(BIN)/python -m pip install --no-build-isolation -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-## The benchmark of issue 12 (33 min here: three repetitions, each about 3.5 min of
+## The benchmark of issue 12 (31-33 min here: three repetitions, each about 3.5 min of
 ## throughput, guard and skip and 8 of the hold; BENCH_ARGS=--quick for N=20, one
 ## repetition; python -m bench --help for the options). Results in bench/results/.
 bench: $(BENCH_STAMP)

@@ -77,8 +77,8 @@ from workflows.contracts import (
     ACT_LOAD_ORG_SLOTS,
     ACT_RECORD_STATUS,
     ACT_SAVE_ORG_SLOTS,
+    PROVISIONING_STEP,
     TERMINAL_STATUSES,
-    ConnectionStatus,
     ConnectionView,
     InvalidInput,
     OrgSlots,
@@ -184,26 +184,18 @@ org_slots = Table(
     Column("granted_at", UTCDateTime, nullable=False),
 )
 
-# Provisioning only moves forward: each of its statuses by its step (acceptance and the
-# wait for IPs are one step: AWS may go either way between them). Anything else (Active and
-# after) ranks above them all.
-_PROVISIONING_STEP = {
-    ConnectionStatus.PENDING.value: 0,
-    ConnectionStatus.CHECKING_PRINCIPAL.value: 1,
-    ConnectionStatus.CREATING_ENDPOINT.value: 2,
-    ConnectionStatus.WAITING_FOR_ACCEPTANCE.value: 3,
-    ConnectionStatus.WAITING_FOR_IP.value: 3,
-    ConnectionStatus.APPLYING_POLICY.value: 4,
-}
-
 
 def goes_back(before: str, status: str) -> bool:
     """Whether writing ``status`` after ``before`` would move provisioning backwards: a
     workflow task discarded after its local activities wrote several statuses (a worker
     killed mid-task) runs them again under new seqs (each floored by the history the
     discarded task grew), so the earlier ones arrive after the later ones."""
-    step = _PROVISIONING_STEP.get(status)
-    return step is not None and _PROVISIONING_STEP.get(before, len(_PROVISIONING_STEP)) > step
+    step = _STEP.get(status)
+    return step is not None and _STEP.get(before, _AFTER_PROVISIONING) > step
+
+
+_STEP = {s.value: n for s, n in PROVISIONING_STEP.items()}  # stored statuses are strings
+_AFTER_PROVISIONING = max(_STEP.values()) + 1  # Active and every status after it
 
 
 _ROW_FIELDS = (

@@ -179,16 +179,18 @@ PASSING_STATUSES = frozenset(
         ConnectionStatus.APPLYING_POLICY,
     }
 )
-PROVISIONING_STATUSES = frozenset(
-    {
-        ConnectionStatus.PENDING,
-        ConnectionStatus.CHECKING_PRINCIPAL,
-        ConnectionStatus.CREATING_ENDPOINT,
-        ConnectionStatus.WAITING_FOR_ACCEPTANCE,
-        ConnectionStatus.WAITING_FOR_IP,
-        ConnectionStatus.APPLYING_POLICY,
-    }
-)
+# Provisioning's statuses by step, in the order a connection passes them (acceptance and the
+# wait for IPs are one step: AWS may go either way between them). Provisioning only moves
+# forward: the store refuses one of them after a later status (``activities.store.goes_back``).
+PROVISIONING_STEP = {
+    ConnectionStatus.PENDING: 0,
+    ConnectionStatus.CHECKING_PRINCIPAL: 1,
+    ConnectionStatus.CREATING_ENDPOINT: 2,
+    ConnectionStatus.WAITING_FOR_ACCEPTANCE: 3,
+    ConnectionStatus.WAITING_FOR_IP: 3,
+    ConnectionStatus.APPLYING_POLICY: 4,
+}
+PROVISIONING_STATUSES = frozenset(PROVISIONING_STEP)
 
 
 class Reason(StrEnum):

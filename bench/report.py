@@ -32,6 +32,10 @@ NOTES = [
     "Ratio: provisioning throughput over the mean of two baselines, one run just before "
     "and one just after it on the same dev server (it slows down as its database fills; "
     "one baseline before would charge that drift to provisioning).",
+    "Order of N: rotated by one place each repetition (the default sizes: 50,100,200; "
+    "100,200,50; 200,50,100), so over as many repetitions as sizes every N runs once in "
+    "every place: the dev server's SQLite file slows every later measurement, and a fixed "
+    "order would charge that to the last N.",
     "AWS calls: sandbox AWS's own request counters (STS AssumeRole falls in the warm-up).",
     "skip: time-skipping test server with the same real worker and activities.",
 ]
@@ -95,6 +99,9 @@ def summarize(results: dict[str, Any], opts: Any) -> dict[str, Any]:
             # trend or a difference smaller than the run-to-run noise.
             "difference": [round(a - b, 3) for a, b in zip(
                 tp[large]["ratio"], tp[small]["ratio"], strict=False)],
+            # Where each ran in its repetition (1 = first): the later, the fuller the dev
+            # server's database. Runs from before the rotation have no position.
+            "positions": {n: [r.get("position") for r in by_n[int(n)]] for n in (small, large)},
         }
         last = by_n[sizes[-1]]
         s["where_time_goes"] = {
@@ -238,6 +245,10 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, list[Any], str, str]]:
         if "difference" in r:  # results files from before it have no such row
             out.append((f"  ratio N={r['large_n']} minus ratio N={r['small_n']}",
                         r["difference"], "", ""))
+        pos = r.get("positions", {})
+        if any(p is not None for ps in pos.values() for p in ps):
+            for n in (str(r["small_n"]), str(r["large_n"])):
+                out.append((f"  place of N={n} in its repetition (1 = first)", pos[n], "", ""))
     for n, t in tp.items():
         out.append((f"AWS calls/connection (available at once), N={n}",
                     t["aws_calls_per_connection"], f"<= {GOALS['aws_calls_available']}",

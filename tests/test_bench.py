@@ -162,6 +162,36 @@ def test_summary_and_table_against_the_goals() -> None:
     assert "after provisioning" not in text  # runs from before the bracketing: no such row
 
 
+@pytest.mark.parametrize("sizes", [[50, 100, 200], [20], [10, 20]])
+def test_every_size_runs_once_in_every_place(sizes: list[int]) -> None:
+    """The dev server's database fills as a run goes on: over as many repetitions as
+    sizes, the rotation puts every N once in every place, so none carries the fill alone."""
+    from bench.run import size_order
+
+    orders = [size_order(sizes, rep) for rep in range(1, len(sizes) + 1)]
+    assert all(sorted(o) == sorted(sizes) for o in orders)
+    for place in range(len(sizes)):
+        assert sorted(o[place] for o in orders) == sorted(sizes)
+    assert orders[0] == sizes  # the first repetition as given
+    assert size_order(sizes, len(sizes) + 1) == sizes
+
+
+def test_the_table_shows_where_each_size_ran() -> None:
+    runs = [_run(50, 40, 20, 4), _run(200, 40, 24, 4), _run(200, 40, 22, 4), _run(50, 40, 24, 4)]
+    for run, position in zip(runs, [1, 2, 1, 2], strict=True):
+        run["position"] = position
+    results = {"throughput": runs, "skip": [], "hold": [], "guard": [], "errors": []}
+    summary = report.summarize(results, SimpleNamespace(pending_times=[], acceptance_wait=0))
+    r = summary["ratio_large_vs_small"]
+    assert r["positions"] == {"50": [1, 2], "200": [2, 1]}
+    assert r["difference"] == [0.1, -0.05]
+    doc = {"meta": {"options": {"reps": 2, "label": "t"}, "machine": {}},
+           "results": results, "summary": summary}
+    rows = {name: values for name, values, _, _ in report.rows(doc)}
+    assert rows["  place of N=50 in its repetition (1 = first)"] == [1, 2]
+    assert rows["  place of N=200 in its repetition (1 = first)"] == [2, 1]
+
+
 def test_the_ratio_is_against_the_baselines_either_side() -> None:
     run = _run(200, 40, 26, 7)
     run["baseline_after"] = {"throughput": 30}

@@ -30,3 +30,21 @@ def test_a_trailing_character_never_passes(check: object, good: str, suffix: str
     check(good)  # the rule accepts the plain value
     with pytest.raises(InvalidInput):
         check(good + suffix)
+
+
+def test_the_settings_defaults_are_the_workflows_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection started through ConnectionsClient (options from PRIVNET_* settings)
+    and one started by hand (ConnectionOptions' defaults) run the same schedule, e.g. the
+    first poll 39.5 s after the create."""
+    import os
+
+    from settings import Settings
+    from starter.client import connection_options
+    from workflows.contracts import ConnectionOptions
+
+    for name in [n for n in os.environ if n.startswith("PRIVNET_")]:
+        monkeypatch.delenv(name)
+    assert connection_options(Settings()) == ConnectionOptions()
+    assert ConnectionOptions().pending_first_look.total_seconds() == 39.5

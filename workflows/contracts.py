@@ -264,11 +264,14 @@ class ConnectionOptions(BaseModel):
     acceptance_poll_max_interval: timedelta = timedelta(minutes=5)
     # The poll schedule, shaped by how long AWS takes (an interface endpoint is available
     # 30-150 s after its create): one look at once (an endpoint already available is seen
-    # at once), the next after ``pending_first_look`` (the earliest AWS makes one
-    # available), then every ``pending_poll_interval`` (the bound on the delay between AWS
-    # reporting available and the connection going Active, with the poll's own time). A pendingAcceptance endpoint is looked at after ``acceptance_first_look``,
+    # at once), the next after ``pending_first_look``, then every ``pending_poll_interval``
+    # (the bound on the delay between AWS reporting available and the connection going
+    # Active, with the poll's own time). The first wait is the earliest AWS makes one
+    # available (30 s) plus one interval: a look at exactly 30 s would find almost none
+    # available and costs every connection a call; one available by 30 s is still seen by
+    # 39.5 s. A pendingAcceptance endpoint is looked at after ``acceptance_first_look``,
     # then ever less often up to ``acceptance_poll_max_interval``.
-    pending_first_look: timedelta = timedelta(seconds=30)
+    pending_first_look: timedelta = timedelta(seconds=39.5)
     pending_poll_interval: timedelta = timedelta(seconds=9.5)
     acceptance_first_look: timedelta = timedelta(seconds=30)
     # EC2 is eventually consistent: for this long after our CreateVpcEndpoint returned, a

@@ -128,8 +128,8 @@ async def test_the_default_poll_schedule_sees_available_within_ten_seconds(
 ) -> None:
     """AWS makes an interface endpoint available 30-150 s after its create. The default
     schedule looks once at once, then at 39.5 s (30 s, the earliest, plus one interval: a
-    look at 30 s would find almost none), then every 9.5 s: Active within 10 s of
-    ``available`` and no look spent before 30 s apart from the first."""
+    look at exactly 30 s is spent on almost every connection), then every 9.5 s: Active
+    within 10 s of ``available`` and no look spent before 30 s apart from the first."""
     org, conn = uid("org"), uid("c")
     env.world.set(f"initial_state:{conn}", "pending")
     handle = await start(env.client, production_input(org, conn), env.task_queue)

@@ -267,9 +267,9 @@ class ConnectionOptions(BaseModel):
     # at once), the next after ``pending_first_look``, then every ``pending_poll_interval``
     # (the bound on the delay between AWS reporting available and the connection going
     # Active, with the poll's own time). The first wait is the earliest AWS makes one
-    # available (30 s) plus one interval: a look at exactly 30 s would find almost none
-    # available and costs every connection a call; one available by 30 s is still seen by
-    # 39.5 s. A pendingAcceptance endpoint is looked at after ``acceptance_first_look``,
+    # available (30 s) plus one interval: a look at exactly 30 s finds only an endpoint
+    # AWS made available within 30 s, the very start of that range, and costs every other
+    # connection a call; one available by 30 s is still seen by 39.5 s. A pendingAcceptance endpoint is looked at after ``acceptance_first_look``,
     # then ever less often up to ``acceptance_poll_max_interval``.
     pending_first_look: timedelta = timedelta(seconds=39.5)
     pending_poll_interval: timedelta = timedelta(seconds=9.5)

@@ -88,9 +88,9 @@ class Settings(BaseSettings):
     acceptance_timeout_seconds: float = 7 * 24 * 3600
     drift_check_interval_seconds: float = 600
     endpoint_first_poll_seconds: float = Field(
-        39.5, description="after the immediate look, the next one waits this long (AWS takes "
+        39.5, description="after the create, the first look waits this long (AWS takes "
         "30-150 s to make an interface endpoint available: the earliest plus one interval, "
-        "so no look is spent before it)"
+        "so no look is spent before it); 0 against an AWS with no delay looks at once"
     )
     endpoint_poll_interval_seconds: float = Field(
         9.5, description="then look this often: bounds the delay from available to Active "

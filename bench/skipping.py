@@ -35,6 +35,7 @@ from temporalio.testing import WorkflowEnvironment
 from bench.harness import Bench, Worker
 from bench.procs import diff_counts
 from sandbox.binaries import temporal_test_server_path
+from settings import Settings
 from workflows.contracts import (
     SEARCH_ATTRIBUTES,
     ConnectionView,
@@ -43,6 +44,11 @@ from workflows.contracts import (
 )
 
 NEVER = 10**9  # a pending delay no timeline reaches
+# Production's poll schedule (the harness's is shaped by the sandboxes' zero delays).
+PRODUCTION_SCHEDULE = {
+    name: Settings.model_fields[name].default
+    for name in ("endpoint_first_poll_seconds", "endpoint_poll_interval_seconds")
+}
 
 
 async def start_server() -> WorkflowEnvironment:
@@ -183,8 +189,8 @@ async def latency(b: Bench, env: WorkflowEnvironment, w: Worker, org: str,
 async def run(b: Bench, env: WorkflowEnvironment) -> dict[str, Any]:
     prefix = b.name("skip")
     address = env.client.service_client.config.target_host
-    async with b.privnet_worker(prefix, temporal_client=env.client,
-                                temporal_address=address) as w:
+    async with b.privnet_worker(prefix, temporal_client=env.client, temporal_address=address,
+                                **PRODUCTION_SCHEDULE) as w:
         warm = f"{prefix}-warm"
         await w.client().create(warm, b.service, connection_id="w0")
         await _skip_until(env, w, warm, "w0", "Active", 1, 600)

@@ -135,7 +135,29 @@ def _scheduled(events: list[Any]) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("release", [0, 3, 4, 5, CURRENT_RELEASE])
+def _after_create(events: list[Any]) -> list[str]:
+    """What a history did between scheduling the create and the first look at the endpoint:
+    ``timer`` for a timer started, ``look`` for the look (local or not), in order."""
+    seen: list[str] = []
+    for e in events:
+        if e.HasField("activity_task_scheduled_event_attributes"):
+            name = e.activity_task_scheduled_event_attributes.activity_type.name
+            if name == ACT_CREATE_ENDPOINT:
+                seen = ["create"]
+            elif name == ACT_WAIT_FOR_STATE_CHANGE and seen:
+                return [*seen, "look"]
+        elif e.HasField("timer_started_event_attributes") and seen:
+            seen.append("timer")
+        elif e.HasField("marker_recorded_event_attributes") and seen:
+            attrs = e.marker_recorded_event_attributes
+            if attrs.marker_name == "core_local_activity":
+                data = json.loads(attrs.details["data"].payloads[0].data)
+                if data["activity_type"] == ACT_WAIT_FOR_STATE_CHANGE:
+                    return [*seen, "look"]
+    return seen
+
+
+@pytest.mark.parametrize("release", [0, 3, 4, 5, 6, CURRENT_RELEASE])
 async def test_each_release_records_its_command_sequence_and_every_status_in_the_store(
     env: Env, release: int
 ) -> None:
@@ -146,7 +168,8 @@ async def test_each_release_records_its_command_sequence_and_every_status_in_the
     (release 0, e.g. an older starter) still decides by markers and still records every
     status there. Release 5 checks the principal and takes the look after the create in
     local activities: no task queue round trip for either; release 6 also applies the first
-    policy locally. The store's timeline is complete in every release."""
+    policy locally; release 7 takes no look right after the create (its answer is one), the
+    first waits ``pending_first_look``. The store's timeline is complete in every release."""
     org, conn = uid("org"), uid("c")
     env.world.set(f"initial_state:{conn}", "pending")  # the look after the create, then a poll
     inp = make_input(org, conn).model_copy(update={"release": release})
@@ -174,6 +197,11 @@ async def test_each_release_records_its_command_sequence_and_every_status_in_the
     locally = [m for m in markers if m.startswith("local:") and m not in status_writes]
     scheduled = _scheduled(events)
     polls = scheduled.count(ACT_WAIT_FOR_STATE_CHANGE)
+    if release >= 7:  # the first look waits for AWS
+        assert _after_create(events) == ["create", "timer", "look"]
+        await save_history(handle, f"connection_pending_after_create_v{release}")
+    else:
+        assert _after_create(events) == ["create", "look"]
     if release >= 6:  # and the first policy apply
         assert locally == [
             f"local:{ACT_CHECK_PRINCIPAL}",

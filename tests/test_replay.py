@@ -82,6 +82,14 @@ EXPECTED = {
         "cancel_during_create_endpoint", "cancel_during_apply_policies",
         *(f"fail_step{i}" for i in range(1, 6)),
     )),
+    # Release 7: no look right after the create; the first waits ``pending_first_look``.
+    *(f"connection_{p}_v7" for p in (
+        "happy_then_delete", "acceptance", "rejected", "admitted_then_deleted",
+        "resumed_after_can", "drift_repair", "cancel_signal", "temporal_cancel",
+        "cancel_during_create_endpoint", "cancel_during_apply_policies",
+        *(f"fail_step{i}" for i in range(1, 6)),
+    )),
+    "connection_pending_after_create_v7",  # the first look after a wait, then the poll loop
     # The create's wait for admission: one ``admitted`` update sent with the start (accepted
     # and completed in the history), a second create's update refused (not in it).
     "connection_admitted_by_update",

@@ -59,6 +59,9 @@ class EndpointPoller(ConnectionCore):
         pending_deadline = workflow.now() + PENDING_DEADLINE
         announced = False
         read: EndpointAddresses | None = None
+        # Release 7: the create's own answer is a look, so a look right after it finds the
+        # same state; the first waits until AWS could have finished (``pending_first_look``).
+        after_create = ref.created and self._inp.release >= 7
         while (s := state.lower()) != "available":
             self._state.aws_state = state
             failure = terminal_state_failure(state, endpoint_id)
@@ -87,7 +90,8 @@ class EndpointPoller(ConnectionCore):
                 self._details(f"Endpoint {endpoint_id} is {state}", "AWS to make it available")
             if deadline - workflow.now() <= timedelta(0):
                 raise self._wait_timeout(s, endpoint_id)
-            result = await self._poll_until(endpoint_id, state, deadline)
+            result = await self._poll_until(endpoint_id, state, deadline, after_create)
+            after_create = False
             state = result.state
             self._attempts = result.attempt
             read = result.addresses  # the poll that saw it available read the IPs too
@@ -116,24 +120,31 @@ class EndpointPoller(ConnectionCore):
         )
         return addresses
 
-    async def _poll_until(self, endpoint_id: str, last: str, deadline: datetime) -> EndpointState:
-        """Poll until the state differs from ``last``, or fail at the deadline."""
+    async def _poll_until(
+        self, endpoint_id: str, last: str, deadline: datetime, after_create: bool = False
+    ) -> EndpointState:
+        """Poll until the state differs from ``last``, or fail at the deadline.
+
+        ``last`` pending: one look (a local activity) at once, an endpoint may already be
+        available; then the first wait and the poll loop. ``after_create`` (release 7, the
+        state is the create's own answer): the first wait comes before that one look, and
+        the poll loop one interval after it: AWS takes at least 30 s, and the look at once
+        cost every connection a DescribeVpcEndpoints that found ``pending``."""
         schedule = self._schedule(last)
         if self._current():
-            if last.lower() != "pendingacceptance":
-                # One look at once: an endpoint may already be available.
+            pending = last.lower() != "pendingacceptance"
+            if pending and not after_create:
                 seen = await self._look_once(endpoint_id, last)
                 if seen is not None:
                     return seen
-            first = (
-                self._inp.options.acceptance_first_look
-                if last.lower() == "pendingacceptance"
-                else self._inp.options.pending_first_look
-            )
-            pause = min(first, deadline - workflow.now())
-            if pause > timedelta(0):
-                await self._wait_for_wake(pause, "first look")
-                self._check_stop()
+            opts = self._inp.options
+            first = opts.pending_first_look if pending else opts.acceptance_first_look
+            await self._pause(first, deadline, "first look")
+            if pending and after_create:
+                seen = await self._look_once(endpoint_id, last)
+                if seen is not None:
+                    return seen
+                await self._pause(opts.pending_poll_interval, deadline, "next look")
         else:  # histories recorded before the schedule was shaped
             schedule = self._legacy_schedule(last)
         try:
@@ -158,6 +169,13 @@ class EndpointPoller(ConnectionCore):
         if seen is None:
             raise self._wait_timeout(last.lower(), endpoint_id)
         return seen
+
+    async def _pause(self, interval: timedelta, deadline: datetime, summary: str) -> None:
+        """Wait ``interval`` (no longer than the deadline); a stop or ``retry_now`` ends it."""
+        pause = min(interval, deadline - workflow.now())
+        if pause > timedelta(0):
+            await self._wait_for_wake(pause, summary)
+            self._check_stop()
 
     async def _look_once(self, endpoint_id: str, last: str) -> EndpointState | None:
         """One DescribeVpcEndpoints: the new state, or None while it is still ``last``."""
@@ -210,9 +228,8 @@ class EndpointPoller(ConnectionCore):
         self, endpoint_id: str, last: str, budget: timedelta | None, schedule: RetryPolicy
     ) -> EndpointState:
         """One poll loop: retries on ``schedule`` until the state differs from ``last``;
-        ``budget`` None means a single look (a local activity from release 5: the look right
-        after the create, which finds an endpoint already available, needs no task queue
-        round trip)."""
+        ``budget`` None means a single look (a local activity from release 5: the first
+        look, which often finds the endpoint available, needs no task queue round trip)."""
         state: EndpointState = await self._activity(
             ACT_WAIT_FOR_STATE_CHANGE,
             self._endpoint_input(

@@ -31,6 +31,7 @@ from workflows.contracts import (
     ACT_WAIT_ENDPOINT_DELETED,
     ACT_WAIT_FOR_STATE_CHANGE,
     QUERY_USAGE,
+    SIGNAL_CANCEL,
     SIGNAL_DELETE,
     GuardUsage,
     org_guard_workflow_id,
@@ -236,4 +237,30 @@ async def test_a_stop_request_that_lands_while_the_final_status_is_written_wins_
     view = await asyncio.to_thread(world.store.get, org, conn)
     assert view is not None and view.timeline is not None
     assert view.timeline[-1].status == "Deleted"
+    _assert_nothing_left(world, org, conn)
+
+
+async def test_a_cancel_that_lands_while_the_local_apply_is_in_a_lost_task_removes_its_policy(
+    world: RealWorld, temporal_client: Client
+) -> None:
+    """Found by the soak (seed 2026): the first policy apply is a local activity (release
+    6). Its policies were created, then its workflow task was lost (the worker killed), and
+    a cancel arrived meanwhile. The next attempt saw the cancel before the apply, so the
+    history has no apply and compensation never deleted the policies: the endpoint was gone
+    and the connection Cancelled, its policies left in the cluster."""
+    org, conn = uid("lost"), uid("c")
+    point = {"activity": ACT_APPLY_POLICIES, "phase": "after", "connection_id": conn}
+    await asyncio.to_thread(world.stop_workers)  # only the failpoint worker may take it
+    worker = await asyncio.to_thread(world.spawn_worker, [point])
+    service = world.seed.customer_services["allowed"]
+    handle = await start(temporal_client, real_input(world, org, conn, service),
+                         world.task_queue)
+    await asyncio.to_thread(world.wait_failpoints, {(ACT_APPLY_POLICIES, conn)})
+    assert len(world.policies(org, conn)) == 2  # the apply is done in the cluster...
+    await handle.signal(SIGNAL_CANCEL)  # ...and a cancel lands before its task completes
+    await asyncio.to_thread(world.kill, worker)
+    await asyncio.to_thread(world.spawn_worker)
+    result = await asyncio.wait_for(handle.result(), 120)
+    assert result.status.value == "Cancelled"
+    await _wait_store(world, org, conn, "Cancelled", within=30)
     _assert_nothing_left(world, org, conn)

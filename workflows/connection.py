@@ -374,6 +374,11 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
         status = await self._pass_through(S.CREATING_ENDPOINT, "creating the interface VPC endpoint")
         self._details("CreateVpcEndpoint (idempotent by ClientToken)", "AWS answer")
         undo = self._register_endpoint_undo()
+        # Release 7: the policies' undo too. The first apply is a local activity (release 6):
+        # its policies can exist with no trace in the history, when its workflow task was
+        # lost (a worker killed) and the next attempt saw a stop before reaching the apply.
+        # Deleting policies that were never applied is a no-op; leaving one is a breach.
+        policies_undo = self._register_policies_undo() if self._inp.release >= 7 else None
         arg = CreateEndpointInput(
             org_id=self._inp.org_id,
             connection_id=self._inp.connection_id,
@@ -390,6 +395,8 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
                 raise
             if error_type(err) in NOTHING_CREATED:
                 self._saga.forget(undo)
+                if policies_undo is not None:
+                    self._saga.forget(policies_undo)
             raise failure_of(err, Reason.ENDPOINT_CREATE_FAILED, "creating the endpoint") from None
         self._set_search_attributes(SA_ENDPOINT_ID.value_set(ref.vpc_endpoint_id))
         return ref
@@ -418,7 +425,8 @@ class PrivateConnectionWorkflow(EndpointPoller, ActiveService, Cleanup):
             S.APPLYING_POLICY, f"allowing egress to {', '.join(addresses.ips)}"
         )
         self._details("Applying CiliumNetworkPolicy in the task namespaces", "Kubernetes API")
-        self._register_policies_undo()
+        if self._inp.release < 7:  # from release 7 registered with the endpoint's
+            self._register_policies_undo()
         try:
             # Release 6: a local activity (a few Kubernetes calls whose result the Active
             # write needs): no task queue round trip, no workflow task of its own. Its

@@ -333,7 +333,9 @@ class ResumeState(BaseModel):
 # that look found ``pending`` on every connection (one DescribeVpcEndpoints each). The first
 # look comes after ``pending_first_look``, the poll loop one interval after it. A pending
 # state seen any other way (an endpoint found after an ambiguous create, an acceptance) is
-# still looked at once.
+# still looked at once. And the policies' undo is registered with the endpoint's, before the
+# create: a local apply in a lost workflow task leaves policies the history does not show
+# (the soak found them left after a cancel).
 CURRENT_RELEASE = 7
 
 

@@ -210,6 +210,24 @@ async def test_sigkill_inside_every_step_of_a_failures_compensation(
     print(f"\ncrash matrix figures: {FIGURES}")
 
 
+async def _held_at(
+    world: RealWorld, client: Client, org: str, conn: str, service: str, point: dict[str, str]
+) -> tuple[Any, WorkflowHandle]:
+    """A fresh connection on a worker alone on the task queue, held at ``point`` (its side
+    effect done, its workflow task not yet completed): the worker and the handle."""
+    await asyncio.to_thread(world.stop_workers)  # only the failpoint worker may take it
+    worker = await asyncio.to_thread(world.spawn_worker, [point])
+    handle = await start(client, real_input(world, org, conn, service), world.task_queue)
+    await asyncio.to_thread(world.wait_failpoints, {(point["activity"], conn)})
+    return worker, handle
+
+
+async def _replace(world: RealWorld, worker: Any) -> None:
+    """SIGKILL the held worker (its workflow task is lost) and start a fresh one."""
+    await asyncio.to_thread(world.kill, worker)
+    await asyncio.to_thread(world.spawn_worker)
+
+
 async def test_a_stop_request_that_lands_while_the_final_status_is_written_wins_in_the_store(
     world: RealWorld, temporal_client: Client
 ) -> None:
@@ -221,16 +239,11 @@ async def test_a_stop_request_that_lands_while_the_final_status_is_written_wins_
     org, conn = uid("fin"), uid("c")
     point = {"activity": ACT_RECORD_STATUS, "status": "Failed", "phase": "after",
              "connection_id": conn}
-    await asyncio.to_thread(world.stop_workers)  # only the failpoint worker may take it
-    worker = await asyncio.to_thread(world.spawn_worker, [point])
-    service = world.seed.customer_services["not_allowed"]
-    handle = await start(temporal_client, real_input(world, org, conn, service),
-                         world.task_queue)
-    await asyncio.to_thread(world.wait_failpoints, {(ACT_RECORD_STATUS, conn)})
+    worker, handle = await _held_at(world, temporal_client, org, conn,
+                                    world.seed.customer_services["not_allowed"], point)
     assert await _status(world, org, conn) == "Failed"  # the write is done...
     await handle.signal(SIGNAL_DELETE)  # ...and a delete lands before the task completes
-    await asyncio.to_thread(world.kill, worker)
-    await asyncio.to_thread(world.spawn_worker)
+    await _replace(world, worker)
     result = await asyncio.wait_for(handle.result(), 120)
     assert result.status.value == "Deleted"
     await _wait_store(world, org, conn, "Deleted", within=30)
@@ -250,16 +263,11 @@ async def test_a_cancel_that_lands_while_the_local_apply_is_in_a_lost_task_remov
     and the connection Cancelled, its policies left in the cluster."""
     org, conn = uid("lost"), uid("c")
     point = {"activity": ACT_APPLY_POLICIES, "phase": "after", "connection_id": conn}
-    await asyncio.to_thread(world.stop_workers)  # only the failpoint worker may take it
-    worker = await asyncio.to_thread(world.spawn_worker, [point])
-    service = world.seed.customer_services["allowed"]
-    handle = await start(temporal_client, real_input(world, org, conn, service),
-                         world.task_queue)
-    await asyncio.to_thread(world.wait_failpoints, {(ACT_APPLY_POLICIES, conn)})
+    worker, handle = await _held_at(world, temporal_client, org, conn,
+                                    world.seed.customer_services["allowed"], point)
     assert len(world.policies(org, conn)) == 2  # the apply is done in the cluster...
     await handle.signal(SIGNAL_CANCEL)  # ...and a cancel lands before its task completes
-    await asyncio.to_thread(world.kill, worker)
-    await asyncio.to_thread(world.spawn_worker)
+    await _replace(world, worker)
     result = await asyncio.wait_for(handle.result(), 120)
     assert result.status.value == "Cancelled"
     await _wait_store(world, org, conn, "Cancelled", within=30)

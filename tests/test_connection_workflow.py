@@ -357,16 +357,21 @@ async def test_terminal_aws_state_message_names_the_fix(env: Env) -> None:
     assert "accept" in result.message
 
 
-async def test_cancel_signal_while_waiting_for_ip(env: Env) -> None:
+@pytest.mark.parametrize("release", [6, CURRENT_RELEASE])
+async def test_cancel_signal_while_waiting_for_ip(env: Env, release: int) -> None:
+    """Compensation deletes policies before the endpoint even when none was applied: a lost
+    local apply may have (release 7 registers the undo with the endpoint's; a release-6
+    workflow, one started before the upgrade, at compensation, behind a patch marker)."""
     org, conn = uid("org"), uid("c")
     env.world.set(f"initial_state:{conn}", "pending")
-    handle = await start(env.client, make_input(org, conn), env.task_queue)
+    inp = make_input(org, conn).model_copy(update={"release": release})
+    handle = await start(env.client, inp, env.task_queue)
     await wait_status(handle, "WaitingForIp")
     await handle.signal(SIGNAL_CANCEL)
     result = await handle.result()
     assert result.status.value == "Cancelled"
     assert compensations(env.world, conn) == [
-        ACT_DELETE_POLICIES,  # none applied yet; a lost local apply may have (release 7)
+        ACT_DELETE_POLICIES,
         ACT_DELETE_ENDPOINT,
         ACT_WAIT_ENDPOINT_DELETED,
         ACT_RELEASE_SLOT,
@@ -374,7 +379,12 @@ async def test_cancel_signal_while_waiting_for_ip(env: Env) -> None:
     assert env.world.get(f"endpoint:{conn}")["state"] == "deleted"
     assert env.world.get(f"policy:tasks:{conn}") is None
     assert env.world.statuses(conn)[-1].status.value == "Cancelled"
-    await save_history(handle, "connection_cancel_signal")
+    markers, _ = _history_marks((await handle.fetch_history()).events)
+    assert markers.count("core_patch") == (1 if release == 6 else 0)
+    await save_history(
+        handle, "connection_cancel_signal" if release == CURRENT_RELEASE else
+        f"connection_cancel_signal_v{release}_policies_undo_patched"
+    )
 
 
 async def test_temporal_cancellation_while_waiting_for_ip(env: Env) -> None:

@@ -30,6 +30,7 @@ from workflows.contracts import (
     ACT_RELEASE_SLOT,
     ACT_WAIT_ENDPOINT_DELETED,
     ACT_WAIT_FOR_STATE_CHANGE,
+    CURRENT_RELEASE,
     QUERY_USAGE,
     SIGNAL_CANCEL,
     SIGNAL_DELETE,
@@ -211,13 +212,20 @@ async def test_sigkill_inside_every_step_of_a_failures_compensation(
 
 
 async def _held_at(
-    world: RealWorld, client: Client, org: str, conn: str, service: str, point: dict[str, str]
+    world: RealWorld,
+    client: Client,
+    org: str,
+    conn: str,
+    service: str,
+    point: dict[str, str],
+    release: int = CURRENT_RELEASE,
 ) -> tuple[Any, WorkflowHandle]:
     """A fresh connection on a worker alone on the task queue, held at ``point`` (its side
     effect done, its workflow task not yet completed): the worker and the handle."""
     await asyncio.to_thread(world.stop_workers)  # only the failpoint worker may take it
     worker = await asyncio.to_thread(world.spawn_worker, [point])
-    handle = await start(client, real_input(world, org, conn, service), world.task_queue)
+    inp = real_input(world, org, conn, service).model_copy(update={"release": release})
+    handle = await start(client, inp, world.task_queue)
     await asyncio.to_thread(world.wait_failpoints, {(point["activity"], conn)})
     return worker, handle
 
@@ -253,18 +261,21 @@ async def test_a_stop_request_that_lands_while_the_final_status_is_written_wins_
     _assert_nothing_left(world, org, conn)
 
 
+@pytest.mark.parametrize("release", [6, CURRENT_RELEASE])
 async def test_a_cancel_that_lands_while_the_local_apply_is_in_a_lost_task_removes_its_policy(
-    world: RealWorld, temporal_client: Client
+    world: RealWorld, temporal_client: Client, release: int
 ) -> None:
     """Found by the soak (seed 2026): the first policy apply is a local activity (release
     6). Its policies were created, then its workflow task was lost (the worker killed), and
     a cancel arrived meanwhile. The next attempt saw the cancel before the apply, so the
     history has no apply and compensation never deleted the policies: the endpoint was gone
-    and the connection Cancelled, its policies left in the cluster."""
+    and the connection Cancelled, its policies left in the cluster. Release 7 registers the
+    policies' undo before the create; a release-6 workflow (one started before the upgrade)
+    gets it when its compensation starts, behind a ``workflow.patched`` marker."""
     org, conn = uid("lost"), uid("c")
     point = {"activity": ACT_APPLY_POLICIES, "phase": "after", "connection_id": conn}
     worker, handle = await _held_at(world, temporal_client, org, conn,
-                                    world.seed.customer_services["allowed"], point)
+                                    world.seed.customer_services["allowed"], point, release)
     assert len(world.policies(org, conn)) == 2  # the apply is done in the cluster...
     await handle.signal(SIGNAL_CANCEL)  # ...and a cancel lands before its task completes
     await _replace(world, worker)

@@ -82,6 +82,10 @@ EXPECTED = {
         "cancel_during_create_endpoint", "cancel_during_apply_policies",
         *(f"fail_step{i}" for i in range(1, 6)),
     )),
+    # Release 6 still running after the upgrade: a stop before the apply reached the history
+    # registers the policies' undo at compensation, behind a patch marker (a lost local apply
+    # may have left policies); release-6 histories from before replay without it.
+    "connection_cancel_signal_v6_policies_undo_patched",
     # Release 7: no look right after the create; the first waits ``pending_first_look``.
     *(f"connection_{p}_v7" for p in (
         "happy_then_delete", "acceptance", "rejected", "admitted_then_deleted",

@@ -34,6 +34,14 @@ from workflows.saga import BlockedHooks, Undo, until_done
 
 S = ConnectionStatus
 
+UNDO_ENDPOINT = "delete the VPC endpoint"
+UNDO_POLICIES = "delete the CiliumNetworkPolicies"
+# Release 6's first policy apply is a local activity: its policies can exist with no trace
+# in the history (its workflow task lost, a stop seen first by the next attempt). Release 7
+# registers their undo with the endpoint's; a release-6 workflow still running gets it when
+# its compensation starts, behind this marker (its histories from before replay without).
+PATCH_RELEASE6_POLICIES_UNDO = "release-6-policies-undo-with-the-endpoints"
+
 
 class Cleanup(ConnectionCore):
     _visible_by: datetime | None
@@ -52,14 +60,24 @@ class Cleanup(ConnectionCore):
         )
 
     def _register_endpoint_undo(self) -> Undo:
-        return self._saga.register("delete the VPC endpoint", self._undo_endpoint)
+        return self._saga.register(UNDO_ENDPOINT, self._undo_endpoint)
 
     def _register_policies_undo(self) -> Undo:
         arg = DeletePoliciesInput(org_id=self._inp.org_id, connection_id=self._inp.connection_id)
         return self._saga.register(
-            "delete the CiliumNetworkPolicies",
-            functools.partial(self._until_done, ACT_DELETE_POLICIES, arg, None),
+            UNDO_POLICIES, functools.partial(self._until_done, ACT_DELETE_POLICIES, arg, None)
         )
+
+    def _cover_a_lost_local_apply(self) -> None:
+        """Release 6: an endpoint's undo without the policies' means the stop came before
+        the apply reached the history, which a lost local apply can hide (see above)."""
+        if (
+            self._inp.release == 6
+            and self._saga.holds(UNDO_ENDPOINT)
+            and not self._saga.holds(UNDO_POLICIES)
+            and workflow.patched(PATCH_RELEASE6_POLICIES_UNDO)
+        ):
+            self._register_policies_undo()  # last in, so it runs first
 
     async def _undo_endpoint(self) -> None:
         """Delete our endpoint (by id when known, else by its org/connection tags) and wait
@@ -141,6 +159,7 @@ class Cleanup(ConnectionCore):
         """Undo what ran, in reverse, then record the final status (again if a stop request
         changed it meanwhile)."""
         await self._settle_in_flight()
+        self._cover_a_lost_local_apply()
         cleaned = bool(self._saga)
         if cleaned:
             status, reason, message = self._final()

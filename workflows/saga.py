@@ -47,6 +47,10 @@ class Saga:
     def __bool__(self) -> bool:
         return bool(self._undos)
 
+    def holds(self, what: str) -> bool:
+        """Whether an undo of this description is registered."""
+        return any(u.what == what for u in self._undos)
+
     async def compensate(self, announce: Callable[[Undo], None]) -> None:
         """Run the undos in reverse. An undo leaves the list only once it succeeded."""
         while self._undos:

@@ -4,6 +4,7 @@ limit.historyCount.suggestContinueAsNew=50, so the guard continues as new often)
 from __future__ import annotations
 
 import asyncio
+import random
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,9 +13,12 @@ from pathlib import Path
 
 import pytest
 from temporalio import activity
-from temporalio.client import Client, WorkflowHandle
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from sandbox.binaries import temporal_cli_path
 from settings import Settings
@@ -30,6 +34,7 @@ from tests.wfutil import make_input, query, save_history, start, uid, wait_statu
 from worker import build_worker
 from workflows.contracts import (
     ACT_ACQUIRE_SLOT,
+    ACT_CLOSED_WORKFLOWS,
     ACT_REQUEST_SLOT,
     QUERY_USAGE,
     SIGNAL_ACQUIRE,
@@ -380,3 +385,53 @@ async def test_guards_evicted_from_a_one_entry_cache_still_decide_right(
             await wait_status(newcomer, "Active", within=60)
             usage = Env(temporal_client, world, tq)
             assert (await usage.usage(org)).usage == 2
+
+
+async def test_the_guards_commands_do_not_depend_on_the_clock(env: Env) -> None:
+    """Found by the soak (seed 4242): ``workflow.now()`` right after a local activity (the
+    guard's restore) is not the same on replay as when the task ran (61 ms apart there). The
+    guard compared it with when its leak check was due; a request 24 ms before that replayed
+    as after it, scheduled the check where the history had a timer, and every task of that
+    guard failed nondeterministic: its org's connections ended SLOT_TIMEOUT.
+
+    Here a guard decides requests around its leak checks (one a second); then the history of
+    each of its runs is replayed with its workflow tasks at other times (each moved by up to
+    0.5 s), and must give the same commands. The guard from before its leak-check timer
+    fails this."""
+    org = uid("clock")
+    guard_id = org_guard_workflow_id(org)
+    await env.guard(org, limit=3, leak_seconds=1)
+    holder = await start(env.client, make_input(org, f"{org}-c0"), env.task_queue)
+    await wait_status(holder, "Active")  # open: every leak check has a holder to look at
+    handle = env.client.get_workflow_handle(guard_id)
+    for i in range(20):  # 5 s of requests, across several leak checks
+        await handle.signal(SIGNAL_SET_LIMIT, SetLimitRequest(org_id=org, limit=3 + i % 2))
+        await asyncio.sleep(0.25)
+    assert list((await env.usage(org)).holders) == [f"{org}-c0"]
+    await handle.terminate("test done")
+    # Every run (the guard continues as new on this server every few seconds), whole.
+    histories = [
+        (await env.client.get_workflow_handle(guard_id, run_id=w.run_id).fetch_history())
+        async for w in env.client.list_workflows(f'WorkflowId="{guard_id}"')
+    ]
+    events = [e for h in histories for e in h.events]
+    checks = sum(e.activity_task_scheduled_event_attributes.activity_type.name
+                 == ACT_CLOSED_WORKFLOWS for e in events)
+    signals = sum(e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+                  for e in events)
+    assert checks >= 3 and signals == 20, (checks, signals)
+    rng = random.Random(4242)
+    replayer = Replayer(workflows=[OrgGuardWorkflow], data_converter=pydantic_data_converter)
+    for history in histories:
+        for _ in range(3):
+            moved = []
+            for e in history.events:
+                e = type(e).FromString(e.SerializeToString())
+                if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+                    at = e.event_time.ToDatetime() + timedelta(seconds=rng.uniform(-0.5, 0.5))
+                    e.event_time.FromDatetime(at)
+                moved.append(e)
+            result = await replayer.replay_workflow(
+                WorkflowHistory(guard_id, moved), raise_on_replay_failure=False
+            )
+            assert result.replay_failure is None, result.replay_failure

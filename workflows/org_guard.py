@@ -46,6 +46,11 @@ with workflow.unsafe.imports_passed_through():
     )
 
 
+# The leak check's own timer (``_serve``); guard runs recorded before it replay through
+# ``_serve_legacy``. Each guard run records the marker once.
+PATCH_LEAK_CHECK_BY_TIMER = "guard-leak-check-by-its-own-timer"
+
+
 @workflow.defn(name="OrgGuardWorkflow")
 class OrgGuardWorkflow:
     @workflow.init
@@ -56,6 +61,7 @@ class OrgGuardWorkflow:
         self._queue: list[GuardRequest] = list(inp.pending)
         self._leak_check_interval = inp.leak_check_interval
         self._check_leaks_now = False
+        self._ticker: asyncio.Future[None] | None = None
         self._max_history = inp.max_history_events
         self._saved: dict[str, str] | None = dict(inp.holders) if inp.restored else None
         # Decisions for acquire updates, by requester workflow id, in request order.
@@ -109,8 +115,44 @@ class OrgGuardWorkflow:
 
     @workflow.run
     async def run(self, inp: OrgGuardInput) -> None:
+        ticks = workflow.patched(PATCH_LEAK_CHECK_BY_TIMER)
         if not inp.restored:
             await self._restore(inp)
+        if ticks:
+            await self._serve()
+        else:
+            await self._serve_legacy()
+
+    async def _serve(self) -> None:
+        """Decide requests as they come; a timer of its own asks for the leak check. No
+        command depends on ``workflow.now()``: after a local activity (the restore, a save)
+        it is not the same on replay as it was when the task ran (the soak, seed 4242: a
+        request 24 ms before the check was due replayed as after it, scheduled the leak
+        check where the history has a timer, and the guard's tasks failed from then on)."""
+        self._ticker = asyncio.ensure_future(self._leak_ticks())  # ends with the run
+        while True:
+            await workflow.wait_condition(
+                lambda: (
+                    bool(self._queue)
+                    or self._check_leaks_now
+                    or workflow.info().is_continue_as_new_suggested()
+                )
+            )
+            await self._drain()
+            if self._check_leaks_now:
+                self._check_leaks_now = False
+                await self._release_leaked()
+            if self._should_continue_as_new():
+                await self._continue_as_new()
+
+    async def _leak_ticks(self) -> None:
+        while True:
+            await workflow.sleep(self._leak_check_interval, summary="leak check")
+            self._check_leaks_now = True
+
+    async def _serve_legacy(self) -> None:
+        """Histories from before the leak check's own timer: the wait's timeout is the time
+        left until the check, which ``workflow.now()`` decides."""
         next_check = workflow.now() + self._leak_check_interval
         while True:
             wait = max(next_check - workflow.now(), timedelta(seconds=1))
@@ -132,25 +174,28 @@ class OrgGuardWorkflow:
                 await self._release_leaked()
                 next_check = workflow.now() + self._leak_check_interval
             if self._should_continue_as_new():
-                # Acquire updates must finish in this run: refuse new ones (the asking
-                # activity retries against the next run) and answer those accepted.
-                self._closing = True
-                while not workflow.all_handlers_finished():
-                    await self._drain()
-                    await workflow.wait_condition(
-                        lambda: workflow.all_handlers_finished() or bool(self._queue)
-                    )
-                workflow.continue_as_new(
-                    OrgGuardInput(
-                        org_id=self._org,
-                        limit=self._limit,
-                        holders=self._holders,
-                        leak_check_interval=self._leak_check_interval,
-                        pending=list(self._queue),
-                        max_history_events=self._max_history,
-                        restored=True,
-                    )
-                )
+                await self._continue_as_new()
+
+    async def _continue_as_new(self) -> None:
+        # Acquire updates must finish in this run: refuse new ones (the asking activity
+        # retries against the next run) and answer those accepted.
+        self._closing = True
+        while not workflow.all_handlers_finished():
+            await self._drain()
+            await workflow.wait_condition(
+                lambda: workflow.all_handlers_finished() or bool(self._queue)
+            )
+        workflow.continue_as_new(
+            OrgGuardInput(
+                org_id=self._org,
+                limit=self._limit,
+                holders=self._holders,
+                leak_check_interval=self._leak_check_interval,
+                pending=list(self._queue),
+                max_history_events=self._max_history,
+                restored=True,
+            )
+        )
 
     async def _restore(self, inp: OrgGuardInput) -> None:
         """A fresh start: holders and limit come back from the store before any answer."""

@@ -389,7 +389,7 @@ async def test_guards_evicted_from_a_one_entry_cache_still_decide_right(
 
 async def test_the_guards_commands_do_not_depend_on_the_clock(env: Env) -> None:
     """Found by the soak (seed 4242): ``workflow.now()`` right after a local activity (the
-    guard's restore) is not the same on replay as when the task ran (61 ms apart there). The
+    guard's restore) is not the same on replay as when the task ran (57 ms apart there). The
     guard compared it with when its leak check was due; a request 24 ms before that replayed
     as after it, scheduled the check where the history had a timer, and every task of that
     guard failed nondeterministic: its org's connections ended SLOT_TIMEOUT.
